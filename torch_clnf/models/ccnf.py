@@ -1,0 +1,111 @@
+"""CCNF patch experts (CLNF) as one batched nn.Module per patch scale."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..openface import CCNFPatchExperts
+from .windows import PatchResponse, check_inputs, normalised_correlation, per_view, response_window, window_statistics
+
+# OpenFace skips neurons whose alpha is this small.
+MIN_ALPHA = 1e-4
+
+
+class CCNFExperts(nn.Module):
+    """All CCNF experts of one patch scale: areas → response maps for all landmarks at once.
+
+    For each landmark, every neuron takes the contrast-normalised 11×11 window at each position,
+    ``2α · sigmoid(norm_weight · ⟨w, window⟩ + bias)`` is summed over neurons, and the map is
+    multiplied by the CCNF Σ of that window size, ``(2 (Σα I + Σ_k β_k S_k))⁻¹``; a map with
+    negative values is shifted so its minimum is 0.
+
+    Example:
+        >>> experts = CCNFExperts(read_ccnf("patch_experts/ccnf_patches_0.25_general.txt"))
+        >>> out = experts(torch.rand(2, 68, 21, 21) * 255, torch.tensor([0, 1]))
+        >>> out.maps.shape, out.visible.shape
+        (torch.Size([2, 68, 11, 11]), torch.Size([2, 68]))
+    """
+
+    weights: torch.Tensor
+    bias: torch.Tensor
+    alpha: torch.Tensor
+    alpha_sum: torch.Tensor
+    betas: torch.Tensor
+    visible: torch.Tensor
+    confidence: torch.Tensor
+    view_centers: torch.Tensor
+
+    def __init__(self, data: CCNFPatchExperts, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        if bool((data.neuron_type != 0).any()):
+            raise ValueError("CCNFExperts supports OpenFace's intensity neurons (kind 0) only")
+        self.patch_scale = data.patch_scale
+        self.support = tuple(data.support)
+        views, points, neurons = data.alpha.shape
+        scaled = data.weights * data.norm_weights[..., None, None]
+        self.register_buffer("weights", scaled.to(dtype))                          # (V, L, N, h, w)
+        self.register_buffer("bias", data.bias.to(dtype))                          # (V, L, N)
+        used = torch.where(data.alpha > MIN_ALPHA, data.alpha, torch.zeros_like(data.alpha))
+        self.register_buffer("alpha", used.to(dtype))                               # (V, L, N)
+        self.register_buffer("alpha_sum", data.alpha.sum(-1).to(dtype))            # (V, L)
+        self.register_buffer("betas", data.betas.to(dtype))                         # (V, L, K)
+        self.register_buffer("visible", data.visibility & (data.num_neurons > 0))   # (V, L)
+        self.register_buffer("confidence", data.confidence.to(dtype))               # (V, L)
+        self.register_buffer("view_centers", data.view_centers.to(dtype))           # (V, 3)
+        self.window_sizes = list(data.window_sizes)
+        for win, comps in data.sigma_components.items():
+            self.register_buffer(f"sigma_components_{win}", comps.to(dtype))       # (K, win², win²)
+        self._sigmas: dict[tuple, torch.Tensor] = {}
+
+    @property
+    def num_views(self) -> int:
+        return self.visible.shape[0]
+
+    @property
+    def num_points(self) -> int:
+        return self.visible.shape[1]
+
+    def sigma(self, window: int) -> torch.Tensor:
+        """(V, L, win², win²) CCNF Σ of every expert for a window size (computed once, in float64)."""
+        key = (window, self.weights.device, self.weights.dtype)
+        if key not in self._sigmas:
+            size = window * window
+            eye = torch.eye(size, dtype=torch.float64, device=self.weights.device)
+            precision = self.alpha_sum.double()[..., None, None] * eye
+            comps = getattr(self, f"sigma_components_{window}", None)
+            if comps is not None and comps.shape[0] == self.betas.shape[-1] and comps.shape[0] > 0:
+                precision = precision + torch.einsum("vlk,kpq->vlpq", self.betas.double(), comps.double())
+            empty = self.alpha_sum == 0
+            precision = torch.where(empty[..., None, None], eye, 2 * precision)
+            sigma = torch.linalg.inv(precision).masked_fill(empty[..., None, None], 0)
+            self._sigmas[key] = sigma.to(self.weights.dtype)
+        return self._sigmas[key]
+
+    def _apply(self, fn, recurse=True):  # new device or dtype: drop the Σ cache
+        self._sigmas = {}
+        return super()._apply(fn, recurse)
+
+    def forward(self, areas: torch.Tensor, view: torch.Tensor, landmarks: torch.Tensor | None = None) -> PatchResponse:
+        """Response maps for a batch of faces.
+
+        Args:
+            areas: (B, L, H, W) grey-level areas of interest, one per landmark, H = W = win + 10.
+            view: (B,) int64, each face's view index.
+            landmarks: (L,) indices of the landmarks the areas belong to (default all, in order).
+        Returns:
+            PatchResponse: maps (B, L, win, win), visible (B, L).
+        """
+        index = check_inputs(areas, view, self.num_points, self.num_views, landmarks)
+        win = response_window(areas, self.support)
+        sigma = self.sigma(win)
+
+        def compute(faces: torch.Tensor, v: int) -> torch.Tensor:
+            stats = window_statistics(faces, self.support)
+            z = normalised_correlation(stats, self.weights[v, index], self.bias[v, index])  # (F, L, N, win, win)
+            summed = torch.einsum("ln,flnp->flp", 2 * self.alpha[v, index], torch.sigmoid(z.flatten(-2)))
+            maps = torch.einsum("lpq,flq->flp", sigma[v, index], summed)
+            maps = maps - maps.amin(-1, keepdim=True).clamp(max=0)
+            return maps * self.visible[v, index, None].to(maps.dtype)
+
+        maps = per_view(view, areas, (areas.shape[0], len(index), win * win), compute)
+        return PatchResponse(maps.reshape(areas.shape[0], len(index), win, win), self.visible[view][:, index])

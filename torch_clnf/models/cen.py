@@ -1,0 +1,198 @@
+"""CEN patch experts (CE-CLM) as one batched nn.Module per patch scale."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..openface import CENPatchExperts
+from .windows import PatchResponse, check_inputs, normalised_correlation, per_view, response_window, window_statistics
+
+SIGMOID, RELU = 0, 2
+
+
+def sparse_positions(win: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """OpenFace's sparse CEN evaluation on a win × win map.
+
+    Only positions with x + y odd are computed; every other position is the mean of its
+    (2 to 4) computed 4-neighbours.
+
+    Returns:
+        computed: (P_s,) row-major indices of the computed positions.
+        interpolation: (P_s, win²) float64, maps the computed values to the full map.
+    """
+    y, x = torch.meshgrid(torch.arange(win), torch.arange(win), indexing="ij")
+    odd = ((x + y) % 2 == 1).reshape(-1)
+    computed = odd.nonzero().squeeze(1)
+    slot = torch.full((win * win,), -1, dtype=torch.long)
+    slot[computed] = torch.arange(len(computed))
+    interpolation = torch.zeros(len(computed), win * win, dtype=torch.float64)
+    interpolation[slot[computed], computed] = 1
+    for p in (~odd).nonzero().squeeze(1).tolist():
+        py, px = divmod(p, win)
+        neighbours = [(py + dy) * win + px + dx for dy, dx in ((0, -1), (-1, 0), (0, 1), (1, 0))
+                      if 0 <= py + dy < win and 0 <= px + dx < win]
+        for q in neighbours:
+            interpolation[slot[q], p] = 1 / len(neighbours)
+    return computed, interpolation
+
+
+class CENExperts(nn.Module):
+    """All CEN experts of one patch scale: areas → response maps for all landmarks at once.
+
+    Each window position's 11×11 window is contrast-normalised (minus mean, over norm) and fed
+    through the expert's layers (``act(W x + b)``, the first layer also seeing a constant 1) as
+    one batched matmul over landmarks per layer. A landmark whose expert is empty in a view uses
+    its mirror landmark's expert in the mirror view on the horizontally flipped area, and its
+    map is flipped back. Landmarks invisible in the view get a zero map and ``visible = False``.
+
+    Args:
+        data: one scale's experts, from :func:`torch_clnf.openface.read_cen`.
+        dtype: parameter dtype.
+        sparse: compute every second window position and interpolate the rest, as OpenFace does.
+
+    Example:
+        >>> experts = CENExperts(read_cen("patch_experts/cen_patches_0.25_of.dat"))
+        >>> experts(torch.rand(1, 68, 21, 21) * 255, torch.tensor([0])).maps.shape
+        torch.Size([1, 68, 11, 11])
+    """
+
+    expert_of: torch.Tensor
+    flipped: torch.Tensor
+    visible: torch.Tensor
+    confidence: torch.Tensor
+    view_centers: torch.Tensor
+
+    def __init__(self, data: CENPatchExperts, dtype: torch.dtype = torch.float32, sparse: bool = False) -> None:
+        super().__init__()
+        self.patch_scale = data.patch_scale
+        self.support = tuple(data.support)
+        self.sparse = sparse
+        self.tile_bytes = 8 << 20   # CPU: largest intermediate activation of one landmark block
+        self.activations = list(data.activations)
+        h, w = self.support
+        first = data.weights[0]                                     # (E, out, 1 + h·w), window column-major
+        window = first[:, :, 1:].reshape(first.shape[0], first.shape[1], w, h).transpose(-1, -2)
+        weights = [window.reshape(first.shape[0], first.shape[1], h * w)] + list(data.weights[1:])
+        biases = [data.biases[0] + first[:, :, 0]] + list(data.biases[1:])  # the constant-1 input joins the bias
+        for k, (weight, bias) in enumerate(zip(weights, biases)):
+            self.register_buffer(f"weight_{k}", weight.to(dtype))                   # (E, out, in)
+            self.register_buffer(f"bias_{k}", bias.to(dtype))                       # (E, out)
+
+        index = data.expert_index
+        mirror = index[data.mirror_views][:, data.mirror_inds]     # (V, L): the mirror expert of each slot
+        use_own = index >= 0
+        expert_of = torch.where(use_own, index, mirror)
+        expert_of = torch.where(data.visibility & (expert_of >= 0), expert_of, torch.full_like(index, -1))
+        self.register_buffer("expert_of", expert_of)                               # (V, L), -1: none
+        self.register_buffer("flipped", ~use_own & (expert_of >= 0))               # (V, L)
+        self.register_buffer("visible", expert_of >= 0)                            # (V, L)
+        self.register_buffer("confidence", data.confidence.to(dtype))              # (V, L)
+        self.register_buffer("view_centers", data.view_centers.to(dtype))          # (V, 3)
+        self._view_layers: dict[tuple, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self._sparse: dict[tuple, torch.Tensor] = {}
+
+    @property
+    def weights(self) -> list[torch.Tensor]:
+        """Per layer, (E, out, in) weights of the stacked experts; the window is read row-major."""
+        return [getattr(self, f"weight_{k}") for k in range(len(self.activations))]
+
+    @property
+    def biases(self) -> list[torch.Tensor]:
+        """Per layer, (E, out) biases (the first layer's includes the constant-1 input's weight)."""
+        return [getattr(self, f"bias_{k}") for k in range(len(self.activations))]
+
+    @property
+    def num_views(self) -> int:
+        return self.visible.shape[0]
+
+    @property
+    def num_points(self) -> int:
+        return self.visible.shape[1]
+
+    def _apply(self, fn, recurse=True):  # new device or dtype: drop the derived caches
+        self._view_layers, self._sparse = {}, {}
+        return super()._apply(fn, recurse)
+
+    def view_layers(self, view: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer, (L, out, in) weights and (L, out) biases of each landmark's expert in a view
+        (zeros where there is none); gathered once per view and kept."""
+        key = (view, self.weight_0.device, self.weight_0.dtype)
+        if key not in self._view_layers:
+            ids = self.expert_of[view].clamp(min=0)
+            keep = self.visible[view].to(self.weight_0.dtype)
+            self._view_layers[key] = [(w[ids] * keep[:, None, None], b[ids] * keep[:, None])
+                                      for w, b in zip(self.weights, self.biases)]
+        return self._view_layers[key]
+
+    def _sparse_maps(self, win: int) -> torch.Tensor:
+        """(P_s, win²) interpolation whose rows follow the order of the two strided passes."""
+        key = (win, self.weight_0.device, self.weight_0.dtype)
+        if key not in self._sparse:
+            computed, interpolation = sparse_positions(win)
+            grid = torch.arange(win * win).reshape(win, win)
+            evaluated = torch.cat([grid[0::2, 1::2].reshape(-1), grid[1::2, 0::2].reshape(-1)])
+            rows = torch.searchsorted(computed, evaluated)
+            assert torch.equal(computed[rows], evaluated)
+            self._sparse[key] = interpolation[rows].to(self.weight_0.device, self.weight_0.dtype)
+        return self._sparse[key]
+
+    def _block(self, faces: torch.Tensor, layers: list[tuple[torch.Tensor, torch.Tensor]], sparse: bool) -> torch.Tensor:
+        """(F, l, H, W) areas of l landmarks, their experts' layers → (F, l, P) or (F, l, P_s) responses."""
+        h, w = self.support
+        stats = window_statistics(faces, self.support)
+        weight, bias = layers[0]
+        weight = weight.reshape(weight.shape[0], weight.shape[1], h, w)
+        if sparse:   # positions with x + y odd: (y even, x odd) and (y odd, x even), each a stride-2 pass
+            passes = [normalised_correlation(stats, weight, bias, 2, offset) for offset in ((0, 1), (1, 0))]
+            x = torch.cat([p.flatten(-2) for p in passes], -1)                      # (F, l, out, P_s)
+        else:
+            x = normalised_correlation(stats, weight, bias).flatten(-2)              # (F, l, out, P)
+        x = self._activate(x, 0).flatten(1, 2)                                       # (F, l·out, P)
+        for k, (weight, bias) in enumerate(layers[1:], start=1):
+            groups = weight.shape[0]
+            x = F.conv1d(x, weight.reshape(-1, weight.shape[2], 1), bias.reshape(-1), groups=groups)
+            x = self._activate(x, k)
+        return x.reshape(faces.shape[0], faces.shape[1], -1)
+
+    def _activate(self, x: torch.Tensor, layer: int) -> torch.Tensor:
+        act = self.activations[layer]
+        return torch.sigmoid(x) if act == SIGMOID else torch.relu(x) if act == RELU else x
+
+    def forward(self, areas: torch.Tensor, view: torch.Tensor, landmarks: torch.Tensor | None = None,
+                sparse: bool | None = None) -> PatchResponse:
+        """Response maps for a batch of faces.
+
+        On the CPU, landmarks are processed in blocks whose intermediate activations fit in
+        cache (``tile_bytes``); on a GPU all at once.
+
+        Args:
+            areas: (B, L, H, W) grey-level areas of interest, H = W = win + 10.
+            view: (B,) int64, each face's view index.
+            landmarks: (L,) indices of the landmarks the areas belong to (default all, in order).
+            sparse: override the module's ``sparse`` setting for this call.
+        Returns:
+            PatchResponse: maps (B, L, win, win), visible (B, L).
+        """
+        index = check_inputs(areas, view, self.num_points, self.num_views, landmarks)
+        win = response_window(areas, self.support)
+        sparse = (self.sparse if sparse is None else sparse) and win >= 3
+        widest = max(w.shape[1] for w in self.weights)
+
+        def compute(faces: torch.Tensor, v: int) -> torch.Tensor:
+            count, points = faces.shape[:2]
+            flip = self.flipped[v, index]
+            faces = torch.where(flip[:, None, None], faces.flip(-1), faces)
+            layers = [(weight[index], bias[index]) for weight, bias in self.view_layers(v)]
+            block = points
+            if faces.device.type == "cpu" and self.tile_bytes:
+                block = max(1, min(points, self.tile_bytes // (count * win * win * widest * faces.element_size())))
+            maps = torch.cat([self._block(faces[:, s:s + block], [(w[s:s + block], b[s:s + block]) for w, b in layers], sparse)
+                              for s in range(0, points, block)], 1)
+            if sparse:
+                maps = maps @ self._sparse_maps(win)
+            maps = (maps * self.visible[v, index, None].to(maps.dtype)).reshape(count, points, win, win)
+            return torch.where(flip[:, None, None], maps.flip(-1), maps)
+
+        maps = per_view(view, areas, (areas.shape[0], len(index), win, win), compute)
+        return PatchResponse(maps, self.visible[view][:, index])

@@ -1,0 +1,120 @@
+"""What CCNF and CEN experts share: contrast-normalised correlation and per-view grouping.
+
+Both kinds of expert apply weights ``W`` to contrast-normalised windows ``(x − m) / n`` (``m``
+the window's mean, ``n`` the L2 norm of ``x − m``, 0 → 1). By linearity this is
+``(W·x − m·ΣW) / n``, so the correlation ``W·x`` runs as one grouped convolution over the raw
+areas (one group per landmark) and the per-window mean and norm come from box filters: the
+121-fold im2col copy of every area is never made.
+"""
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+
+class PatchResponse(NamedTuple):
+    """Response maps of a batch of faces.
+
+    Attributes:
+        maps: (B, L, win, win), row = y; zero where there is no expert.
+        visible: (B, L) bool, whether the landmark has an expert in the face's view.
+    """
+
+    maps: torch.Tensor
+    visible: torch.Tensor
+
+
+class WindowStatistics(NamedTuple):
+    """Areas centred on their own mean, and each window's mean and inverse norm.
+
+    Attributes:
+        centred: (B, C, H, W), each area minus its mean (keeps float32 sums well conditioned).
+        mean: (B, C, win_h, win_w), each window's mean of ``centred``.
+        inverse_norm: (B, C, win_h, win_w), 1 / ‖window − mean‖ (1 where the window is flat).
+    """
+
+    centred: torch.Tensor
+    mean: torch.Tensor
+    inverse_norm: torch.Tensor
+
+
+def box_mean(x: torch.Tensor, support: tuple[int, int]) -> torch.Tensor:
+    """(..., H, W) → (..., H - h + 1, W - w + 1) mean of every h × w window (separable sums)."""
+    h, w = support
+    return x.unfold(-1, w, 1).sum(-1).unfold(-2, h, 1).sum(-1) / (h * w)
+
+
+def window_statistics(areas: torch.Tensor, support: tuple[int, int]) -> WindowStatistics:
+    """Box-filter statistics of every support-sized window of (B, C, H, W) areas."""
+    centred = areas - areas.mean((-2, -1), keepdim=True)
+    mean = box_mean(centred, support)
+    square = box_mean(centred * centred, support)
+    norm = torch.sqrt(torch.clamp(square - mean * mean, min=0) * (support[0] * support[1]))
+    return WindowStatistics(centred, mean, 1 / torch.where(norm == 0, torch.ones_like(norm), norm))
+
+
+def normalised_correlation(stats: WindowStatistics, weight: torch.Tensor, bias: torch.Tensor,
+                           stride: int = 1, offset: tuple[int, int] = (0, 0)) -> torch.Tensor:
+    """``W · (window − mean) / norm + b`` for K filters per area, at every window position.
+
+    Args:
+        stats: from :func:`window_statistics`, C areas per batch entry.
+        weight: (C, K, h, w), row = y.
+        bias: (C, K).
+        stride, offset: evaluate only positions ``offset + stride · i`` (both axes).
+    Returns:
+        (B, C, K, win_h', win_w').
+    """
+    channels, k, h, w = weight.shape
+    centred = stats.centred[..., offset[0]:, offset[1]:]
+    z = F.conv2d(centred, weight.reshape(channels * k, 1, h, w), stride=stride, groups=channels)
+    z = z.reshape(z.shape[0], channels, k, *z.shape[-2:])
+    mean = stats.mean[..., offset[0]::stride, offset[1]::stride][..., : z.shape[-2], : z.shape[-1]]
+    inverse = stats.inverse_norm[..., offset[0]::stride, offset[1]::stride][..., : z.shape[-2], : z.shape[-1]]
+    z = (z - mean.unsqueeze(2) * weight.sum((-2, -1))[..., None, None]) * inverse.unsqueeze(2)
+    return z + bias[..., None, None]
+
+
+def response_window(areas: torch.Tensor, support: tuple[int, int]) -> int:
+    """The (square) response-window size that (B, L, H, W) areas give with this support."""
+    win_h, win_w = areas.shape[-2] - support[0] + 1, areas.shape[-1] - support[1] + 1
+    if win_h != win_w or win_h < 1:
+        raise ValueError(f"areas of {areas.shape[-2]}x{areas.shape[-1]} pixels give a {win_h}x{win_w} response window; "
+                         f"expected square areas larger than the {support[0]}x{support[1]} support")
+    return win_h
+
+
+def check_inputs(areas: torch.Tensor, view: torch.Tensor, num_points: int, num_views: int,
+                 landmarks: torch.Tensor | None) -> torch.Tensor:
+    """Validate (B, L, H, W) areas and (B,) views; returns the (L,) landmark indices."""
+    if areas.dim() != 4:
+        raise ValueError(f"areas: expected (B, L, H, W), found shape {tuple(areas.shape)}")
+    if view.shape != areas.shape[:1]:
+        raise ValueError(f"view: expected shape ({areas.shape[0]},), one view per face, found {tuple(view.shape)}")
+    if view.numel() and not (0 <= int(view.min()) and int(view.max()) < num_views):
+        raise ValueError(f"view: expected indices in [0, {num_views}), found {view.tolist()}")
+    if landmarks is None:
+        if areas.shape[1] != num_points:
+            raise ValueError(f"areas: expected {num_points} landmarks, found {areas.shape[1]} (pass `landmarks` for a subset)")
+        return torch.arange(num_points, device=areas.device)
+    if landmarks.shape != areas.shape[1:2]:
+        raise ValueError(f"landmarks: expected {areas.shape[1]} indices, found shape {tuple(landmarks.shape)}")
+    return landmarks.to(areas.device)
+
+
+def per_view(view: torch.Tensor, areas: torch.Tensor, out_shape: tuple[int, ...],
+             compute: Callable[[torch.Tensor, int], torch.Tensor]) -> torch.Tensor:
+    """Run ``compute(areas_of_faces_in_view, view)`` once per distinct view and gather the results.
+
+    A batch of faces in one view is one call; faces are never looped over one by one.
+    """
+    views = view.unique().tolist()
+    if len(views) == 1:
+        return compute(areas, views[0])
+    out = areas.new_empty(out_shape)
+    for v in views:
+        faces = (view == v).nonzero().squeeze(1)
+        out[faces] = compute(areas[faces], v)
+    return out
