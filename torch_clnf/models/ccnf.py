@@ -66,19 +66,20 @@ class CCNFExperts(nn.Module):
         return self.visible.shape[1]
 
     def sigma(self, window: int) -> torch.Tensor:
-        """(V, L, win², win²) CCNF Σ of every expert for a window size (computed once, in float64)."""
+        """(V, L, win², win²) CCNF Σ of every expert for a window size (computed once, in float64 on the CPU)."""
         key = (window, self.weights.device, self.weights.dtype)
         if key not in self._sigmas:
             size = window * window
-            eye = torch.eye(size, dtype=torch.float64, device=self.weights.device)
-            precision = self.alpha_sum.double()[..., None, None] * eye
+            alpha_sum = self.alpha_sum.cpu().double()
+            eye = torch.eye(size, dtype=torch.float64)
+            precision = alpha_sum[..., None, None] * eye
             comps = getattr(self, f"sigma_components_{window}", None)
             if comps is not None and comps.shape[0] == self.betas.shape[-1] and comps.shape[0] > 0:
-                precision = precision + torch.einsum("vlk,kpq->vlpq", self.betas.double(), comps.double())
-            empty = self.alpha_sum == 0
+                precision = precision + torch.einsum("vlk,kpq->vlpq", self.betas.cpu().double(), comps.cpu().double())
+            empty = alpha_sum == 0
             precision = torch.where(empty[..., None, None], eye, 2 * precision)
             sigma = torch.linalg.inv(precision).masked_fill(empty[..., None, None], 0)
-            self._sigmas[key] = sigma.to(self.weights.dtype)
+            self._sigmas[key] = sigma.to(self.weights.device, self.weights.dtype)
         return self._sigmas[key]
 
     def _apply(self, fn, recurse=True):  # new device or dtype: drop the Σ cache

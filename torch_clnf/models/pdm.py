@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from ..openface import PDMData
-from .rotation import euler_to_matrix, matrix_to_euler, small_rotation
+from .rotation import euler_to_matrix, matrix_to_euler, skew, small_rotation
 
 
 class PointDistributionModel(nn.Module):
@@ -75,9 +75,7 @@ class PointDistributionModel(nn.Module):
         scale = params_global[:, 0, None, None, None]
         d_scale = torch.einsum("bij,bnj->bni", rotation, shape)          # (B, n, 2)
         # d(R (I + [δ]×) X)/dδ = R [e_k × X]: e_x × X = (0, -Z, Y), e_y × X = (Z, 0, -X), e_z × X = (-Y, X, 0)
-        x, y, z = shape.unbind(-1)
-        zero = torch.zeros_like(x)
-        cross = torch.stack([torch.stack(c, -1) for c in ((zero, -z, y), (z, zero, -x), (-y, x, zero))], -1)  # (B, n, 3, 3)
+        cross = -skew(shape)                                             # column k: e_k × X = -[X]× e_k
         d_rot = scale * torch.einsum("bij,bnjk->bnik", rotation, cross)  # (B, n, 2, 3)
         d_trans = torch.eye(2, dtype=shape.dtype, device=shape.device).expand(shape.shape[0], shape.shape[1], 2, 2)
         columns = [d_scale.unsqueeze(-1), d_rot, d_trans]

@@ -43,18 +43,27 @@ def matrix_to_euler(rotation: torch.Tensor) -> torch.Tensor:
     return torch.where(bad, torch.zeros_like(euler), euler)
 
 
+def skew(v: torch.Tensor) -> torch.Tensor:
+    """(..., 3) → (..., 3, 3) cross-product matrices ``[v]×`` (``[v]× u = v × u``)."""
+    x, y, z = v.unbind(-1)
+    zero = torch.zeros_like(x)
+    return torch.stack([torch.stack(r, -1) for r in ((zero, -z, y), (z, zero, -x), (-y, x, zero))], -2)
+
+
 def small_rotation(delta: torch.Tensor) -> torch.Tensor:
-    """The rotation nearest to ``I + [delta]×`` (OpenFace's update of a rotation by a small step).
+    """The rotation nearest to ``I + [delta]×``: OpenFace's update of a rotation by a small step.
+
+    OpenFace orthonormalises ``I + K`` (K = [δ]×) with an SVD. Its orthonormal factor has a closed
+    form, the rotation by ``atan |δ|`` about δ: ``I + K / c + K² / (c (c + 1))`` with
+    ``c = sqrt(1 + |δ|²)``, which needs no SVD (so it runs on every device) and has no
+    singularity at δ = 0.
 
     Args:
         delta: (..., 3) radians, rotation about x, y, z.
     Returns:
-        (..., 3, 3), orthonormalised with an SVD (determinant +1).
+        (..., 3, 3).
     """
-    x, y, z = delta.unbind(-1)
-    one, zero = torch.ones_like(x), torch.zeros_like(x)
-    approx = torch.stack([torch.stack(r, -1) for r in ((one, -z, y), (z, one, -x), (-y, x, one))], -2)
-    u, _, vh = torch.linalg.svd(approx)
-    sign = torch.ones_like(approx[..., 0])
-    sign[..., 2] = torch.det(u @ vh)
-    return u @ (sign.unsqueeze(-1) * vh)
+    k = skew(delta)
+    c = torch.sqrt(1 + (delta * delta).sum(-1))[..., None, None]
+    eye = torch.eye(3, dtype=delta.dtype, device=delta.device)
+    return eye + k / c + (k @ k) / (c * (c + 1))
