@@ -1,0 +1,156 @@
+"""The landmark fitter: scales, views, NU-RLMS phases and hierarchical parts, batched over faces."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..models import CCNFExperts, CENExperts, PointDistributionModel
+from ..openface import OpenFaceModel
+from .config import FitConfig
+from .rlms import ResponseFrame, nu_rlms
+from .sampling import align_similarity, sample_areas
+
+
+@dataclass
+class FitState:
+    """Where a batch of fits ended.
+
+    Attributes:
+        params_global: (B, 6) (scale, pitch, yaw, roll, tx, ty), radians and pixels.
+        params_local: (B, m).
+        landmarks: (B, n, 2) pixels.
+        likelihood: (B,) OpenFace's model likelihood of the last scale.
+        success: (B,) bool, False where the fit shrank below ``min_scale`` or became non-finite.
+        view: (B,) the expert view used at the last scale.
+    """
+
+    params_global: torch.Tensor
+    params_local: torch.Tensor
+    landmarks: torch.Tensor
+    likelihood: torch.Tensor
+    success: torch.Tensor
+    view: torch.Tensor
+
+
+class ModelFitter(nn.Module):
+    """One OpenFace model (the face, or a part) as a batched fitter.
+
+    Args:
+        model: the model's tensors, from :func:`torch_clnf.weights.load_weights`.
+        config: fitting parameters (a part gets ``config.for_part(name)``).
+        dtype: float32 (default) or float64.
+    """
+
+    def __init__(self, model: OpenFaceModel, config: FitConfig, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.config = config
+        self.pdm = PointDistributionModel(model.pdm, dtype)
+        if model.cen:
+            experts = [CENExperts(e, dtype, sparse=config.sparse) for e in model.cen]
+        else:
+            experts = [CCNFExperts(e, dtype) for e in model.ccnf]
+        self.experts = nn.ModuleList(experts)
+        self.part_names = [part.name for part in model.parts]
+        self.parts = nn.ModuleList([ModelFitter(part.model, config.for_part(part.name), dtype) for part in model.parts])
+        for k, part in enumerate(model.parts):
+            mapping = torch.tensor(part.mapping, dtype=torch.long)
+            self.register_buffer(f"part_{k}_mapping", mapping)                     # (k, 2): main index, part index
+
+    @property
+    def patch_scales(self) -> list[float]:
+        return [e.patch_scale for e in self.experts]
+
+    def views(self, params_global: torch.Tensor, scale: int) -> torch.Tensor:
+        """(B,) the expert view nearest each face's rotation at a scale."""
+        centres = self.experts[scale].view_centers.to(params_global.dtype)
+        return ((params_global[:, None, 1:4] - centres) ** 2).sum(-1).argmin(1)
+
+    def responses(self, images: torch.Tensor, image_index: torch.Tensor, params_global: torch.Tensor,
+                  params_local: torch.Tensor, scale: int, window: int, weight_factor: float) -> tuple[ResponseFrame, torch.Tensor]:
+        """Sample the areas around the current shape and compute one scale's response maps."""
+        experts = self.experts[scale]
+        shape = self.pdm.project(params_global, params_local)
+        reference = params_global.new_zeros(params_global.shape)
+        reference[:, 0] = experts.patch_scale
+        image_to_reference = align_similarity(shape, self.pdm.project(reference, params_local))
+        reference_to_image = torch.linalg.inv(image_to_reference)
+        view = self.views(params_global, scale)
+        areas = sample_areas(images, image_index, shape, reference_to_image, window + experts.support[0] - 1)
+        maps, visible = experts(areas, view)
+        weights = torch.ones_like(maps[:, :, 0, 0])
+        if weight_factor > 0:
+            weights = weight_factor * experts.confidence[view]
+        return ResponseFrame(maps, visible, shape, image_to_reference, reference_to_image, weights), view
+
+    def fit(self, images: torch.Tensor, image_index: torch.Tensor, params_global: torch.Tensor,
+            params_local: torch.Tensor, window_sizes: tuple[int, ...], active: torch.Tensor | None = None) -> FitState:
+        """Fit from the given params over the scales (OpenFace's ``CLNF::Fit``), then the parts.
+
+        Args:
+            images: (N, H, W) grey images, float.
+            image_index: (B,) the image of each face.
+            params_global: (B, 6); params_local: (B, m) the starting params.
+            window_sizes: per scale (0 skips it).
+            active: (B,) bool, faces to fit (default all); the others are returned unchanged.
+        """
+        cfg = self.config
+        batch = params_global.shape[0]
+        active = torch.ones(batch, dtype=torch.bool, device=params_global.device) if active is None else active.clone()
+        success = active.clone()
+        likelihood = params_global.new_zeros(batch)
+        view = torch.zeros(batch, dtype=torch.long, device=params_global.device)
+        for scale, window in enumerate(window_sizes[: len(self.experts)]):
+            if window == 0 or not bool(active.any()):
+                continue
+            sigma, reg, weight_factor = cfg.at_scale(self.patch_scales[min(scale, 2)])
+            frame, view_now = self.responses(images, image_index, params_global, params_local, scale, window, weight_factor)
+            view = torch.where(active, view_now, view)
+            for rigid in (True, False):
+                params_global, params_local, phase_likelihood = nu_rlms(
+                    self.pdm, params_global, params_local, frame, rigid, sigma, reg, cfg.iterations, active,
+                    cfg.convergence, cfg.kde_step, cfg.shape_sigmas)
+            likelihood = torch.where(active, phase_likelihood, likelihood)
+            shrunk = ~(params_global[:, 0] >= cfg.min_scale)                       # also catches NaN
+            success = success & ~(active & shrunk)
+            active = active & ~shrunk
+        landmarks = self.pdm.project(params_global, params_local)
+        state = FitState(params_global, params_local, landmarks, likelihood, success, view)
+        if cfg.refine_hierarchical and len(self.parts):
+            state = self.refine_parts(images, image_index, state, success)
+        finite = torch.isfinite(state.landmarks).flatten(1).all(1) & torch.isfinite(state.params_global).all(1)
+        state.success = state.success & finite
+        return state
+
+    def refine_parts(self, images: torch.Tensor, image_index: torch.Tensor, state: FitState, active: torch.Tensor) -> FitState:
+        """Refit each part model from the face's landmarks and write its landmarks back.
+
+        As OpenFace: a part is refitted where the face's scale exceeds 0.9 × the part's first
+        patch scale; where any part was, the face's params are refitted to the combined landmarks.
+        """
+        landmarks = state.landmarks.clone()
+        used_any = torch.zeros_like(active)
+        for k, part in enumerate(self.parts):
+            mapping = getattr(self, f"part_{k}_mapping")
+            main_index, part_index = mapping[:, 0], mapping[:, 1]
+            points = part.pdm.num_points
+            part_landmarks = landmarks.new_zeros(landmarks.shape[0], points, 2)
+            part_landmarks[:, part_index] = state.landmarks[:, main_index]
+            given = torch.zeros(landmarks.shape[0], points, dtype=torch.bool, device=landmarks.device)
+            given[:, part_index] = True
+            g, p = part.pdm.params_from_landmarks(part_landmarks, given)
+            use = active & (state.params_global[:, 0] > 0.9 * part.patch_scales[0])
+            if bool(use.any()):
+                fitted = part.fit(images, image_index, g, p, part.config.window_sizes, use)
+                g, p = fitted.params_global, fitted.params_local
+            refined = part.pdm.project(g, p)
+            landmarks[:, main_index] = torch.where(active[:, None, None], refined[:, part_index], landmarks[:, main_index])
+            used_any = used_any | use
+        if bool(used_any.any()):
+            g, p = self.pdm.params_from_landmarks(landmarks)
+            keep = used_any[:, None]
+            state.params_global = torch.where(keep, g, state.params_global)
+            state.params_local = torch.where(keep, p, state.params_local)
+            state.landmarks = self.pdm.project(state.params_global, state.params_local)
+        return state

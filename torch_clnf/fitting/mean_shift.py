@@ -1,0 +1,53 @@
+"""KDE mean-shift over response maps, batched over faces and landmarks."""
+from __future__ import annotations
+
+import torch
+
+
+def _axis_kernel(positions: torch.Tensor, size: int, a: float) -> torch.Tensor:
+    """(..., ) positions → (..., size) ``exp(a (position − k)²)`` for k = 0 … size − 1."""
+    k = torch.arange(size, dtype=positions.dtype, device=positions.device)
+    return torch.exp(a * (positions[..., None] - k) ** 2)
+
+
+def mean_shift(maps: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, sigma: float, step: float = 0.1) -> torch.Tensor:
+    """Mean-shift vectors of response maps under a Gaussian KDE centred at (dx, dy).
+
+    As OpenFace, the position is first clamped to the map; the KDE is centred on it snapped to a
+    ``step`` grid (OpenFace precomputes its kernels on that grid), and the shift is measured from
+    the clamped (not snapped) position.
+
+    Args:
+        maps: (B, n, w, w) response maps, row = y.
+        dx, dy: (B, n) current landmark positions in map coordinates (pixels, 0 = first column/row).
+        sigma: KDE standard deviation, map pixels.
+    Returns:
+        (B, n, 2) shifts (x, y) in map pixels; 0 where a map is all zero.
+    """
+    size = maps.shape[-1]
+    a = -0.5 / (sigma * sigma)
+    dx, dy = dx.clamp(0, size - step), dy.clamp(0, size - step)
+    snapped = [torch.floor(d / step + 0.5) * step for d in (dx, dy)]
+    weighted = maps * _axis_kernel(snapped[1], size, a)[..., :, None] * _axis_kernel(snapped[0], size, a)[..., None, :]
+    k = torch.arange(size, dtype=maps.dtype, device=maps.device)
+    total = weighted.sum((-2, -1))
+    safe = torch.where(total > 0, total, torch.ones_like(total))
+    mx = (weighted.sum(-2) * k).sum(-1) / safe
+    my = (weighted.sum(-1) * k).sum(-1) / safe
+    shift = torch.stack([mx - dx, my - dy], -1)
+    return torch.where((total > 0)[..., None], shift, torch.zeros_like(shift))
+
+
+def log_likelihood(maps: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, visible: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Mean over visible landmarks of ``log(Σ map · KDE + 1e-8)``, the KDE at the exact (dx, dy).
+
+    Args:
+        maps: (B, n, w, w); dx, dy: (B, n); visible: (B, n) bool.
+    Returns:
+        (B,) OpenFace's model likelihood.
+    """
+    size = maps.shape[-1]
+    a = -0.5 / (sigma * sigma)
+    kde = _axis_kernel(dy, size, a)[..., :, None] * _axis_kernel(dx, size, a)[..., None, :]
+    per_landmark = torch.log((maps * kde).sum((-2, -1)) + 1e-8) * visible
+    return per_landmark.sum(1) / visible.sum(1).clamp(min=1)

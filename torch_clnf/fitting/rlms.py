@@ -1,0 +1,85 @@
+"""NU-RLMS: regularised landmark mean-shift, vectorised over faces and landmarks."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..models import PointDistributionModel
+from .mean_shift import log_likelihood, mean_shift
+
+
+@dataclass
+class ResponseFrame:
+    """What one scale's responses give NU-RLMS (all batched over faces B).
+
+    Attributes:
+        maps: (B, n, w, w) response maps; visible: (B, n) bool.
+        base_shape: (B, n, 2) the landmarks (pixels) the maps are centred on.
+        image_to_reference, reference_to_image: (B, 2, 2) similarities.
+        weights: (B, n) per-landmark weights of the least squares (1 for plain RLMS).
+    """
+
+    maps: torch.Tensor
+    visible: torch.Tensor
+    base_shape: torch.Tensor
+    image_to_reference: torch.Tensor
+    reference_to_image: torch.Tensor
+    weights: torch.Tensor
+
+
+def nu_rlms(pdm: PointDistributionModel, params_global: torch.Tensor, params_local: torch.Tensor,
+            frame: ResponseFrame, rigid: bool, sigma: float, reg_factor: float, iterations: int,
+            active: torch.Tensor, convergence: float = 0.01, kde_step: float = 0.1, shape_sigmas: float = 3.0,
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One NU-RLMS phase (rigid only, or rigid + non-rigid) for a batch of faces.
+
+    Each iteration: mean-shift of every landmark on its response map (KDE ``sigma``), mapped to
+    the image; a Gauss-Newton step on the params with the PDM Jacobian, prior
+    ``reg_factor / eigenvalue`` on the local params; the step composed into the params and the
+    local params clamped. A face stops when its shape moves less than ``convergence`` pixels;
+    inactive and stopped faces keep their params, so a batch fits as its faces would one by one.
+
+    Args:
+        params_global: (B, 6); params_local: (B, m).
+        active: (B,) bool, the faces to fit.
+    Returns:
+        (B, 6) global params, (B, m) local params, (B,) log-likelihood of the final positions.
+    """
+    batch = params_global.shape[0]
+    window = frame.maps.shape[-1]
+    centre = (window - 1) / 2
+    prior = params_global.new_zeros(6 if rigid else 6 + pdm.num_modes)
+    if not rigid:
+        prior[6:] = reg_factor / pdm.eigenvalues
+    weights = frame.weights * frame.visible                                       # (B, n)
+    running = active.clone()
+    previous = None
+    offsets = ((pdm.project(params_global, params_local) - frame.base_shape) @ frame.image_to_reference.transpose(1, 2))
+    last = offsets + centre                                                        # map positions for the likelihood
+    for iteration in range(iterations):
+        shape = pdm.project(params_global, params_local)
+        if previous is not None:
+            running = running & (torch.linalg.vector_norm((shape - previous).flatten(1), dim=1) >= convergence)
+        if not bool(running.any()):
+            break
+        previous = shape
+        position = (shape - frame.base_shape) @ frame.image_to_reference.transpose(1, 2) + centre   # (B, n, 2)
+        last = torch.where(running[:, None, None], position, last)
+        shift = mean_shift(frame.maps, position[..., 0], position[..., 1], sigma, kde_step)
+        shift = (shift @ frame.reference_to_image.transpose(1, 2)) * frame.visible[..., None]
+        jacobian = pdm.jacobian(params_global, params_local, rigid=rigid)           # (B, n, 2, k)
+        weighted = jacobian * weights[..., None, None]
+        gradient = torch.einsum("bnck,bnc->bk", weighted, shift)
+        if not rigid:
+            gradient[:, 6:] -= prior[6:] * params_local
+        hessian = torch.diag(prior) + torch.einsum("bnck,bncj->bkj", weighted, jacobian)
+        hessian = torch.where(running[:, None, None], hessian, torch.eye(len(prior), dtype=hessian.dtype, device=hessian.device))
+        step = torch.linalg.solve(hessian, gradient.unsqueeze(-1)).squeeze(-1)
+        new_global, new_local = pdm.update(params_global, params_local, step)
+        new_local = pdm.clamp(new_local, shape_sigmas)
+        keep = running[:, None]
+        params_global = torch.where(keep, new_global, params_global)
+        params_local = torch.where(keep, new_local, params_local)
+    likelihood = log_likelihood(frame.maps, last[..., 0], last[..., 1], frame.visible, sigma)
+    return params_global, params_local, likelihood
