@@ -85,7 +85,8 @@ class ModelFitter(nn.Module):
         return ResponseFrame(maps, visible, shape, image_to_reference, reference_to_image, weights), view
 
     def fit(self, images: torch.Tensor, image_index: torch.Tensor, params_global: torch.Tensor,
-            params_local: torch.Tensor, window_sizes: tuple[int, ...], active: torch.Tensor | None = None) -> FitState:
+            params_local: torch.Tensor, window_sizes: tuple[int, ...], active: torch.Tensor | None = None,
+            parts: bool = True) -> FitState:
         """Fit from the given params over the scales (OpenFace's ``CLNF::Fit``), then the parts.
 
         Args:
@@ -94,6 +95,7 @@ class ModelFitter(nn.Module):
             params_global: (B, 6); params_local: (B, m) the starting params.
             window_sizes: per scale (0 skips it).
             active: (B,) bool, faces to fit (default all); the others are returned unchanged.
+            parts: refit the part models afterwards (if the config's ``refine_hierarchical`` is on).
         """
         cfg = self.config
         batch = params_global.shape[0]
@@ -117,7 +119,7 @@ class ModelFitter(nn.Module):
             active = active & ~shrunk
         landmarks = self.pdm.project(params_global, params_local)
         state = FitState(params_global, params_local, landmarks, likelihood, success, view)
-        if cfg.refine_hierarchical and len(self.parts):
+        if parts and cfg.refine_hierarchical and len(self.parts):
             state = self.refine_parts(images, image_index, state, success)
         finite = torch.isfinite(state.landmarks).flatten(1).all(1) & torch.isfinite(state.params_global).all(1)
         state.success = state.success & finite

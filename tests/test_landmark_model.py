@@ -1,0 +1,118 @@
+"""The public API against OpenFace C++'s landmarks on the shared media (reference/openface_cpp)."""
+import dataclasses
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import torch_clnf
+from reference import boxes, landmarks, rows
+from torch_clnf.fitting import FitConfig
+
+
+@pytest.fixture(scope="module")
+def model(models_dir, tmp_path_factory):
+    return torch_clnf.load_model("main_clnf_general.txt", models=models_dir, cache=tmp_path_factory.mktemp("cache"))
+
+
+def distances(result, records) -> torch.Tensor:
+    return (result.landmarks.double() - landmarks(records)).norm(dim=-1)
+
+
+@pytest.mark.parametrize("variant", ["default", "nohier"])
+def test_images_match_openface(model, media_dir, reference_dir, variant):
+    records = rows(reference_dir / f"openface_cpp/images_{variant}.csv")
+    config = dataclasses.replace(model.config, refine_hierarchical=variant == "default")
+    fitter_config, model.fitter.config = model.fitter.config, config
+    try:
+        result = model.fit([media_dir / r["file_or_frame"] for r in records], boxes(records))
+    finally:
+        model.fitter.config = fitter_config
+    d = distances(result, records)
+    assert d.median() <= 0.5, d.median(1).values
+    assert (d.mean(1) <= 1.5).all(), d.mean(1)
+    assert result.success.all()
+    assert result.landmarks.shape == (6, 68, 2) and result.landmarks_3d.shape == (6, 68, 3)
+    assert result.pose.shape == (6, 6) and result.params_local.shape == (6, 34)
+    torch.testing.assert_close(result.pose[:, 3:], result.params_global[:, 1:4])
+
+
+def test_image_sequence_tracking_matches_openface(model, media_dir, reference_dir):
+    records = rows(reference_dir / "openface_cpp/seq_image_sequence.csv")
+    result = None
+    for r in records:
+        frame = media_dir / f"image_sequence/{int(r['file_or_frame']) + 1:03d}.jpg"
+        if result is None:
+            result = model.fit([frame], boxes(records[:1]), multi_view=True)   # as OpenFace's first video frame
+        else:
+            result = model.track([frame], result)
+        d = distances(result, [r])
+        assert d.median() <= 0.5 and d.mean() <= 1.5, (r["file_or_frame"], d.median().item(), d.mean().item())
+
+
+def test_batch_equals_one_at_a_time(model, media_dir, reference_dir):
+    records = rows(reference_dir / "openface_cpp/images_default.csv")
+    images = [cv2.imread(str(media_dir / r["file_or_frame"])) for r in records]
+    # two boxes in one image, and an image of another size, in one batch
+    batch = model.fit([images[0], images[3]], torch.cat([boxes(records[:1]), boxes(records[:1]) + 1, boxes(records[3:4])]),
+                      image_index=[0, 0, 1])
+    one = model.fit([images[0]], boxes(records[:1]))
+    shifted = model.fit([images[0]], boxes(records[:1]) + 1)
+    other = model.fit([images[3]], boxes(records[3:4]))
+    for k, single in enumerate((one, shifted, other)):
+        assert (batch.landmarks[k] - single.landmarks[0]).abs().max() < 0.1      # float32 sums in other orders
+    assert batch.image_index.tolist() == [0, 0, 1]
+
+
+def test_refine_from_perturbed_landmarks(model, media_dir, reference_dir):
+    """Another detector's landmarks, 5 px off on average per axis, are pulled back towards OpenFace's fit."""
+    records = rows(reference_dir / "openface_cpp/images_default.csv")
+    truth = landmarks(records).float()
+    noisy = truth + torch.randn(truth.shape, generator=torch.Generator().manual_seed(0)) * 5
+    result = model.refine([media_dir / r["file_or_frame"] for r in records], noisy)
+    before, after = (noisy - truth).norm(dim=-1).mean(), (result.landmarks - truth).norm(dim=-1).mean()
+    assert after < 0.5 * before, (before, after)
+
+
+def test_tensor_and_grey_inputs_agree(model, media_dir, reference_dir):
+    record = rows(reference_dir / "openface_cpp/images_default.csv")[1]
+    bgr = cv2.imread(str(media_dir / record["file_or_frame"]))
+    grey = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+    box = boxes([record])
+    from_path = model.fit(media_dir / record["file_or_frame"], box)
+    for image in (bgr, grey, torch.from_numpy(grey), torch.from_numpy(bgr).permute(2, 0, 1)):
+        torch.testing.assert_close(model.fit([image], box).landmarks, from_path.landmarks)
+
+
+def test_bad_inputs_give_clear_errors(model, tmp_path):
+    image = np.zeros((100, 100), np.uint8)
+    with pytest.raises(ValueError, match="2 faces for 1 images: pass image_index"):
+        model.fit([image], torch.zeros(2, 4))
+    with pytest.raises(ValueError, match=r"image_index: expected 1 indices in \[0, 1\)"):
+        model.fit([image], torch.zeros(1, 4), image_index=[3])
+    with pytest.raises(ValueError, match="image 0: .*not a readable image file"):
+        model.fit([tmp_path / "missing.jpg"], torch.tensor([[0, 0, 10, 10]]))
+    with pytest.raises(ValueError, match="image 0: expected a non-empty image"):
+        model.fit([np.zeros((0, 5), np.uint8)], torch.tensor([[0, 0, 10, 10]]))
+    with pytest.raises(ValueError, match="image 0: the image has NaN"):
+        model.fit([np.full((50, 50), np.nan, np.float32)], torch.tensor([[0, 0, 10, 10]]))
+    with pytest.raises(ValueError, match=r"landmarks: expected \(B, 68, 2\)"):
+        model.refine([image], torch.zeros(1, 5, 2))
+
+
+def test_faces_that_fail_are_reported(model):
+    """A box far too small for the experts, and a blank image: no exception, success False, no NaN."""
+    blank = np.zeros((240, 320), np.uint8)
+    result = model.fit([blank, blank], torch.tensor([[100.0, 100.0, 8.0, 8.0], [40.0, 40.0, 150.0, 150.0]]))
+    assert not result.success[0]
+    assert torch.isfinite(result.landmarks[1]).all()
+
+
+def test_float64_and_config(models_dir, media_dir, reference_dir, tmp_path):
+    records = rows(reference_dir / "openface_cpp/images_nohier.csv")[1:2]
+    model = torch_clnf.load_model("main_clnf_general.txt", models=models_dir, dtype=torch.float64, cache=tmp_path,
+                                  config=FitConfig(refine_hierarchical=False))
+    result = model.fit([media_dir / records[0]["file_or_frame"]], boxes(records))
+    assert result.landmarks.dtype == torch.float64
+    assert distances(result, records).median() < 0.05

@@ -1,0 +1,72 @@
+"""Turning user images (paths, arrays, tensors; any sizes) into one batch of grey images."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence, Union
+
+import cv2
+import numpy as np
+import torch
+
+ImageLike = Union[str, Path, np.ndarray, torch.Tensor]
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """A BGR or grey uint8 image from a file; ValueError naming the file when it cannot be read."""
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise ValueError(f"{path}: not a readable image file")
+    if image.ndim == 3 and image.shape[2] == 4:
+        image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    return image
+
+
+def to_grey(image: ImageLike) -> torch.Tensor:
+    """One image → (H, W) float32 grey levels 0–255, converted as OpenFace does (OpenCV's BGR→grey).
+
+    Accepts a path; a NumPy array (H, W) grey or (H, W, 3) BGR, uint8 or float; a tensor (H, W)
+    grey or (3, H, W) BGR.
+    """
+    if isinstance(image, (str, Path)):
+        image = read_image(image)
+    if isinstance(image, torch.Tensor):
+        tensor = image.detach().cpu()
+        if tensor.dim() == 3 and tensor.shape[0] in (1, 3):
+            tensor = tensor.permute(1, 2, 0)
+        image = tensor.numpy()
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[..., 0]
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3):
+        raise ValueError(f"expected a grey (H, W) or BGR (H, W, 3) image, found shape {image.shape}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"expected a non-empty image, found shape {image.shape}")
+    if image.dtype != np.uint8:
+        image = image.astype(np.float32)
+        if not np.isfinite(image).all():
+            raise ValueError("the image has NaN or infinite pixels")
+    if image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    return torch.from_numpy(np.ascontiguousarray(image).astype(np.float32))
+
+
+def batch_images(images: Sequence[ImageLike] | ImageLike, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images of any sizes → (N, H, W) grey batch (zero-padded to the largest) and (N, 2) (width, height)."""
+    if isinstance(images, (str, Path, np.ndarray, torch.Tensor)):
+        images = [images]
+    if len(images) == 0:
+        raise ValueError("expected at least one image")
+    greys = []
+    for k, image in enumerate(images):
+        try:
+            greys.append(to_grey(image))
+        except ValueError as err:
+            raise ValueError(f"image {k}: {err}") from None
+    height = max(g.shape[0] for g in greys)
+    width = max(g.shape[1] for g in greys)
+    batch = torch.zeros(len(greys), height, width, dtype=dtype)
+    for k, grey in enumerate(greys):
+        batch[k, : grey.shape[0], : grey.shape[1]] = grey
+    sizes = torch.tensor([[g.shape[1], g.shape[0]] for g in greys], dtype=dtype)
+    return batch.to(device), sizes.to(device)
