@@ -24,3 +24,39 @@ def test_broken_model_file_names_the_file(models_dir, tmp_path, capsys):
     assert main(["convert", str(tmp_path / "main_clnf_general.txt"), "--cache", str(tmp_path / "cache")]) == 2
     err = capsys.readouterr().err
     assert "In-the-wild_aligned_PDM_68.txt, line 5: file ends, expected mean shape element 1 of 204" in err
+
+
+def test_image_command_writes_csv_and_drawing(models_dir, media_dir, reference_dir, tmp_path, capsys, monkeypatch):
+    import csv
+
+    import cv2
+    import numpy as np
+
+    from reference import landmarks, rows
+
+    monkeypatch.setenv("TORCH_CLNF_CACHE", str(tmp_path / "cache"))
+    record = rows(reference_dir / "openface_cpp/images_default.csv")[0]
+    box = ",".join(record[k] for k in ("box_x", "box_y", "box_w", "box_h"))
+    code = main(["image", str(media_dir / "sample1.jpg"), "--box", box, "--models", str(models_dir),
+                 "--csv", str(tmp_path / "out.csv"), "--draw", str(tmp_path / "out.png")])
+    assert code == 0
+    assert "sample1.jpg: ok" in capsys.readouterr().out
+    with open(tmp_path / "out.csv") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["file"].endswith("sample1.jpg") and row["face_id"] == "0" and row["success"] == "1"
+    ours = np.array([[float(row[f"x_{i}"]), float(row[f"y_{i}"])] for i in range(68)])
+    assert np.median(np.linalg.norm(ours - landmarks([record]).numpy()[0], axis=1)) < 0.5
+    assert {"pose_Tx", "pose_Rz", "X_67", "Z_0", "p_scale", "p_33"} <= set(row)
+    drawing = cv2.imread(str(tmp_path / "out.png"))
+    assert drawing.shape == cv2.imread(str(media_dir / "sample1.jpg")).shape
+
+
+def test_image_command_without_box_is_a_clear_error(media_dir, capsys):
+    assert main(["image", str(media_dir / "sample1.jpg")]) == 2
+    assert "give each face's box with --box x,y,w,h" in capsys.readouterr().err
+
+
+def test_image_command_with_unreadable_file(tmp_path, capsys):
+    (tmp_path / "broken.jpg").write_bytes(b"not an image")
+    assert main(["image", str(tmp_path / "broken.jpg"), "--box", "1,2,3,4"]) == 2
+    assert "broken.jpg: not a readable image file" in capsys.readouterr().err

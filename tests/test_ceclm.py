@@ -1,0 +1,51 @@
+"""CE-CLM: the same fitter with CEN experts, run on synthetic CEN files in OpenFace's format."""
+import numpy as np
+import pytest
+import torch
+
+import torch_clnf
+from openface_files import write_cen_file
+from reference import boxes, rows
+
+
+@pytest.fixture(scope="module")
+def ceclm_dir(models_dir, tmp_path_factory):
+    """OpenFace's model folder with four small synthetic CEN files (3 views) and a matching early-termination file."""
+    folder = tmp_path_factory.mktemp("ceclm")
+    for item in models_dir.iterdir():
+        if item.name not in ("patch_experts", "early_term_cen_of.txt"):
+            (folder / item.name).symlink_to(item)
+    (folder / "patch_experts").mkdir()
+    for k, scale in enumerate(("0.25", "0.35", "0.50", "1.00")):
+        write_cen_file(folder / "patch_experts" / f"cen_patches_{scale}_of.dat", hidden=(24, 12), scale=float(scale), seed=k)
+    (folder / "early_term_cen_of.txt").write_text("1 1 1\n0 0 0\n-1 -1 -1\n")
+    return folder
+
+
+def test_ceclm_model_fits_with_openfaces_parameter_changes(ceclm_dir, media_dir, reference_dir, tmp_path):
+    model = torch_clnf.load_model("main_ceclm_general.txt", models=ceclm_dir, cache=tmp_path)
+    assert model.is_ceclm
+    assert model.config.sigma == pytest.approx(1.5 * 1.5) and model.config.reg_factor == pytest.approx(0.9 * 25)
+    assert [e.patch_scale for e in model.fitter.experts] == [0.25, 0.35, 0.5, 1.0]
+    assert model.fitter.part_names == ["left_eye_28", "right_eye_28"]
+    assert all(e.sparse for e in model.fitter.experts)
+    records = rows(reference_dir / "openface_cpp/images_default.csv")[:2]
+    images = [media_dir / r["file_or_frame"] for r in records]
+    batch = model.fit(images, boxes(records))
+    assert batch.landmarks.shape == (2, 68, 2)
+    assert torch.isfinite(batch.landmarks).all() and torch.isfinite(batch.params_global).all()
+    single = model.fit(images[1:], boxes(records[1:]))
+    assert (single.landmarks[0] - batch.landmarks[1]).abs().max() < 0.1
+    tracked = model.track(images[:1], batch[0])
+    assert torch.isfinite(tracked.landmarks).all()
+
+
+def test_ceclm_dense_and_sparse_agree_roughly(ceclm_dir, media_dir, reference_dir, tmp_path):
+    model = torch_clnf.load_model("main_ceclm_general.txt", models=ceclm_dir, cache=tmp_path)
+    records = rows(reference_dir / "openface_cpp/images_default.csv")[:1]
+    sparse = model.fit([media_dir / records[0]["file_or_frame"]], boxes(records))
+    for experts in model.fitter.experts:
+        experts.sparse = False
+    dense = model.fit([media_dir / records[0]["file_or_frame"]], boxes(records))
+    assert not torch.equal(sparse.landmarks, dense.landmarks)
+    assert np.isfinite(dense.landmarks.numpy()).all()
