@@ -34,6 +34,7 @@ def write_image_csv(path: str | Path, result: FitResult, names: Sequence[str]) -
     columns = openface_columns(result.landmarks.shape[1], result.params_local.shape[1])
     values = openface_values(result)
     counts: dict[int, int] = {}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as stream:
         writer = csv.writer(stream)
         writer.writerow(["file", "face_id"] + columns)

@@ -5,6 +5,7 @@ import torch
 
 from reference import stages
 from torch_clnf.fitting import FitConfig, ModelFitter, ResponseFrame, mean_shift, nu_rlms
+from torch_clnf.fitting.sampling import pad_images
 from torch_clnf.weights import load_weights
 
 
@@ -17,7 +18,7 @@ def fitter(models_dir, tmp_path_factory):
 @pytest.mark.parametrize("name", ["sample1_default", "sample2_nohier"])
 def test_responses_and_phases_match_openface(fitter, media_dir, reference_dir, name):
     image = cv2.cvtColor(cv2.imread(str(media_dir / f"{name.split('_')[0]}.jpg")), cv2.COLOR_BGR2GRAY)  # as OpenFace
-    images = torch.from_numpy(image).double()[None]
+    images = pad_images(torch.from_numpy(image).double()[None])
     states, cpp_maps = stages(reference_dir / f"openface_cpp/stages/{name}.csv")
     index, active = torch.tensor([0]), torch.tensor([True])
     for before, rigid, nonrigid in zip(states[0::3], states[1::3], states[2::3]):

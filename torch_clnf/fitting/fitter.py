@@ -10,7 +10,7 @@ from ..models import CCNFExperts, CENExperts, PointDistributionModel
 from ..openface import OpenFaceModel
 from .config import FitConfig
 from .rlms import ResponseFrame, nu_rlms
-from .sampling import align_similarity, sample_areas
+from .sampling import align_similarity, pad_images, sample_areas
 
 
 @dataclass
@@ -67,9 +67,10 @@ class ModelFitter(nn.Module):
         centres = self.experts[scale].view_centers.to(params_global.dtype)
         return ((params_global[:, None, 1:4] - centres) ** 2).sum(-1).argmin(1)
 
-    def responses(self, images: torch.Tensor, image_index: torch.Tensor, params_global: torch.Tensor,
+    def responses(self, padded: torch.Tensor, image_index: torch.Tensor, params_global: torch.Tensor,
                   params_local: torch.Tensor, scale: int, window: int, weight_factor: float) -> tuple[ResponseFrame, torch.Tensor]:
-        """Sample the areas around the current shape and compute one scale's response maps."""
+        """Sample the areas around the current shape (``padded`` from :func:`pad_images`) and
+        compute one scale's response maps."""
         experts = self.experts[scale]
         shape = self.pdm.project(params_global, params_local)
         reference = params_global.new_zeros(params_global.shape)
@@ -77,7 +78,7 @@ class ModelFitter(nn.Module):
         image_to_reference = align_similarity(shape, self.pdm.project(reference, params_local))
         reference_to_image = torch.linalg.inv(image_to_reference)
         view = self.views(params_global, scale)
-        areas = sample_areas(images, image_index, shape, reference_to_image, window + experts.support[0] - 1)
+        areas = sample_areas(padded, image_index, shape, reference_to_image, window + experts.support[0] - 1)
         maps, visible = experts(areas, view)
         weights = torch.ones_like(maps[:, :, 0, 0])
         if weight_factor > 0:
@@ -86,7 +87,7 @@ class ModelFitter(nn.Module):
 
     def fit(self, images: torch.Tensor, image_index: torch.Tensor, params_global: torch.Tensor,
             params_local: torch.Tensor, window_sizes: tuple[int, ...], active: torch.Tensor | None = None,
-            parts: bool = True) -> FitState:
+            parts: bool = True, padded: torch.Tensor | None = None) -> FitState:
         """Fit from the given params over the scales (OpenFace's ``CLNF::Fit``), then the parts.
 
         Args:
@@ -96,8 +97,10 @@ class ModelFitter(nn.Module):
             window_sizes: per scale (0 skips it).
             active: (B,) bool, faces to fit (default all); the others are returned unchanged.
             parts: refit the part models afterwards (if the config's ``refine_hierarchical`` is on).
+            padded: ``pad_images(images)``, if the caller has it already.
         """
         cfg = self.config
+        padded = pad_images(images) if padded is None else padded
         batch = params_global.shape[0]
         active = torch.ones(batch, dtype=torch.bool, device=params_global.device) if active is None else active.clone()
         success = active.clone()
@@ -107,7 +110,7 @@ class ModelFitter(nn.Module):
             if window == 0 or not bool(active.any()):
                 continue
             sigma, reg, weight_factor = cfg.at_scale(self.patch_scales[min(scale, 2)])
-            frame, view_now = self.responses(images, image_index, params_global, params_local, scale, window, weight_factor)
+            frame, view_now = self.responses(padded, image_index, params_global, params_local, scale, window, weight_factor)
             view = torch.where(active, view_now, view)
             for rigid in (True, False):
                 params_global, params_local, phase_likelihood = nu_rlms(
@@ -120,12 +123,13 @@ class ModelFitter(nn.Module):
         landmarks = self.pdm.project(params_global, params_local)
         state = FitState(params_global, params_local, landmarks, likelihood, success, view)
         if parts and cfg.refine_hierarchical and len(self.parts):
-            state = self.refine_parts(images, image_index, state, success)
+            state = self.refine_parts(images, image_index, state, success, padded)
         finite = torch.isfinite(state.landmarks).flatten(1).all(1) & torch.isfinite(state.params_global).all(1)
         state.success = state.success & finite
         return state
 
-    def refine_parts(self, images: torch.Tensor, image_index: torch.Tensor, state: FitState, active: torch.Tensor) -> FitState:
+    def refine_parts(self, images: torch.Tensor, image_index: torch.Tensor, state: FitState, active: torch.Tensor,
+                     padded: torch.Tensor | None = None) -> FitState:
         """Refit each part model from the face's landmarks and write its landmarks back.
 
         As OpenFace: a part is refitted where the face's scale exceeds 0.9 × the part's first
@@ -144,7 +148,7 @@ class ModelFitter(nn.Module):
             g, p = part.pdm.params_from_landmarks(part_landmarks, given)
             use = active & (state.params_global[:, 0] > 0.9 * part.patch_scales[0])
             if bool(use.any()):
-                fitted = part.fit(images, image_index, g, p, part.config.window_sizes, use)
+                fitted = part.fit(images, image_index, g, p, part.config.window_sizes, use, padded=padded)
                 g, p = fitted.params_global, fitted.params_local
             refined = part.pdm.project(g, p)
             landmarks[:, main_index] = torch.where(active[:, None, None], refined[:, part_index], landmarks[:, main_index])

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 def align_similarity(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -29,53 +30,27 @@ def align_similarity(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor
     return (dst_rms / src_rms)[:, None, None] * rotation
 
 
-def opencv_position(row_part: torch.Tensor, column_part: torch.Tensor) -> torch.Tensor:
-    """A warp's source coordinate ``row_part + column_part`` as OpenCV's ``warpAffine`` computes it.
-
-    OpenCV rounds the part that depends on the output row (``M[1]·v + M[2]``) and the part that
-    depends on the output column (``M[0]·u``) to 1/1024 pixel each, adds them, and keeps 1/32 pixel.
-    """
-    fixed = torch.round(row_part * 1024) + torch.round(column_part * 1024) + 16
-    return torch.floor(fixed / 32) / 32
+MARGIN = 2   # zero pixels around padded images: a tap clamped into the margin reads 0
 
 
-def bilinear(images: torch.Tensor, image_index: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Bilinear samples of grey images at pixel coordinates, 0 outside the image.
-
-    Args:
-        images: (N, H, W) grey images (smaller images zero-padded to a common size).
-        image_index: (B,) int64, the image of each face.
-        x, y: (B, ...) pixel coordinates (x right, y down; pixel centres at integers).
-    Returns:
-        (B, ...) samples, the images' dtype.
-    """
-    count, height, width = images.shape
-    x0, y0 = torch.floor(x), torch.floor(y)
-    fx, fy = x - x0, y - y0
-    x0, y0 = x0.long(), y0.long()
-    flat = images.reshape(-1)
-    base = (image_index * (height * width)).reshape(-1, *([1] * (x.dim() - 1)))
-    out = torch.zeros_like(x)
-    for dy, wy in ((0, 1 - fy), (1, fy)):
-        for dx, wx in ((0, 1 - fx), (1, fx)):
-            xi, yi = x0 + dx, y0 + dy
-            inside = (xi >= 0) & (xi < width) & (yi >= 0) & (yi < height)
-            index = base + yi.clamp(0, height - 1) * width + xi.clamp(0, width - 1)
-            out = out + torch.where(inside, flat[index], torch.zeros_like(out)) * (wx * wy)
-    return out
+def pad_images(images: torch.Tensor) -> torch.Tensor:
+    """(N, H, W) → (N, H + 4, W + 4) with a zero margin, what :func:`sample_areas` reads from."""
+    return F.pad(images, (MARGIN, MARGIN, MARGIN, MARGIN))
 
 
-def sample_areas(images: torch.Tensor, image_index: torch.Tensor, landmarks: torch.Tensor,
+def sample_areas(padded: torch.Tensor, image_index: torch.Tensor, landmarks: torch.Tensor,
                  reference_to_image: torch.Tensor, size: int) -> torch.Tensor:
     """Square areas of interest around every landmark, warped into the reference frame.
 
     Area pixel ``(u, v)`` (centre ``c = (size − 1) / 2``) samples the image at
     ``landmark + A · (u − c, v − c)``, ``A`` the reference-to-image similarity: OpenFace's
-    per-landmark ``warpAffine`` (bilinear, 0 outside, positions in OpenCV's fixed point) for all
-    faces and landmarks in one gather.
+    per-landmark ``warpAffine`` (bilinear, 0 outside the image) for all faces and landmarks in
+    one gather. Positions are computed in OpenCV's fixed point: the part that depends on the
+    area row and the part that depends on the column are each rounded to 1/1024 pixel, and
+    their sum is kept to 1/32 pixel.
 
     Args:
-        images: (N, H, W) grey images.
+        padded: (N, H + 4, W + 4) grey images from :func:`pad_images`.
         image_index: (B,) the image of each face.
         landmarks: (B, n, 2) pixels.
         reference_to_image: (B, 2, 2).
@@ -85,10 +60,20 @@ def sample_areas(images: torch.Tensor, image_index: torch.Tensor, landmarks: tor
     """
     centre = (size - 1) / 2
     steps = torch.arange(size, dtype=landmarks.dtype, device=landmarks.device)
-    a = reference_to_image[:, None, :, :, None, None]                          # (B, 1, 2, 2, 1, 1)
-    origin = landmarks[..., None, None] - centre * (a[:, :, :, 0] + a[:, :, :, 1])   # (B, n, 2, 1, 1)
-    row_part = origin + a[:, :, :, 1] * steps[:, None]                          # (B, n, 2, size, 1): depends on v
-    column_part = a[:, :, :, 0] * steps                                         # (B, 1, 2, 1, size): depends on u
-    x = opencv_position(row_part[:, :, 0], column_part[:, :, 0])
-    y = opencv_position(row_part[:, :, 1], column_part[:, :, 1])
-    return bilinear(images, image_index, x, y)
+    a = reference_to_image[:, None, :, :, None, None]                           # (B, 1, 2, 2, 1, 1)
+    origin = landmarks[..., None, None] - centre * (a[:, :, :, 0] + a[:, :, :, 1])    # (B, n, 2, 1, 1)
+    row_part = torch.round((origin + a[:, :, :, 1] * steps[:, None]) * 1024)     # (B, n, 2, size, 1)
+    column_part = torch.round(a[:, :, :, 0] * steps * 1024) + 16                 # (B, 1, 2, 1, size)
+    position = torch.div(row_part + column_part, 32, rounding_mode="floor")      # 1/32 pixels, (B, n, 2, size, size)
+    whole = torch.div(position, 32, rounding_mode="floor")
+    fraction = (position - 32 * whole) / 32
+    height, width = padded.shape[1] - 2 * MARGIN, padded.shape[2] - 2 * MARGIN
+    x0 = whole[:, :, 0].clamp(-MARGIN, width).long() + MARGIN
+    y0 = whole[:, :, 1].clamp(-MARGIN, height).long() + MARGIN
+    stride = padded.shape[2]
+    top_left = (image_index * padded[0].numel())[:, None, None, None] + y0 * stride + x0
+    flat = padded.reshape(-1)
+    fx, fy = fraction[:, :, 0], fraction[:, :, 1]
+    top = torch.lerp(flat[top_left], flat[top_left + 1], fx)
+    bottom = torch.lerp(flat[top_left + stride], flat[top_left + stride + 1], fx)
+    return torch.lerp(top, bottom, fy)

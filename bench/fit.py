@@ -1,0 +1,117 @@
+"""Landmark fitting speed: torch_clnf vs OpenFace C++'s fit times in the reference CSVs.
+
+    python bench/fit.py [--models DIR] [--device cpu|cuda|mps] [--batches 1 8 64] [--repeats 10] [--ceclm]
+
+Fits from the recorded MTCNN boxes of ../shared/media/sample1–6.jpg (CLNF general model, part
+models on, as the C++ reference); batches repeat those six faces. Image decoding is excluded on
+both sides. With --ceclm, also CE-CLM on full-size synthetic CEN files (real layer shapes, random
+weights) written by ../shared/tools/make_synthetic_cen.py.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib.util
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import torch
+
+import torch_clnf
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+REFERENCE = SHARED / "reference/openface_cpp"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def median_seconds(call, device: torch.device, repeats: int) -> float:
+    call()
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        call()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def faces(batch: int, device: torch.device) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """``batch`` faces cycling through sample1–6: grey images (decoded once), boxes, image index."""
+    with open(REFERENCE / "images_default.csv") as f:
+        records = list(csv.DictReader(f))
+    greys = [torch.from_numpy(cv2.cvtColor(cv2.imread(str(SHARED / "media" / r["file_or_frame"])), cv2.COLOR_BGR2GRAY))
+             for r in records]
+    boxes = torch.tensor([[float(r[k]) for k in ("box_x", "box_y", "box_w", "box_h")] for r in records])
+    pick = torch.arange(batch) % len(records)
+    return greys, boxes[pick].to(device), pick.to(device)
+
+
+def cpp_median_ms(name: str, column: str = "fit_ms") -> float:
+    with open(REFERENCE / name) as f:
+        return statistics.median(float(r[column]) for r in csv.DictReader(f))
+
+
+def ceclm_models(folder: Path, models: Path) -> Path:
+    """A model folder: OpenFace's files plus full-size synthetic CEN files."""
+    for item in models.iterdir():
+        if item.name != "patch_experts":
+            (folder / item.name).symlink_to(item)
+    (folder / "patch_experts").mkdir()
+    spec = importlib.util.spec_from_file_location("make_synthetic_cen", SHARED / "tools/make_synthetic_cen.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    for scale in ("0.25", "0.35", "0.50", "1.00"):
+        tool.write(folder / "patch_experts", scale, tool.visibilities())
+    return folder
+
+
+def run(name: str, model: torch_clnf.LandmarkModel, batches: list[int], device: torch.device, repeats: int,
+        cpp_ms: float) -> None:
+    for batch in batches:
+        greys, boxes, index = faces(batch, device)
+        seconds = median_seconds(lambda: model.fit(greys, boxes, image_index=index), device,
+                                 repeats if batch < 64 else max(3, repeats // 3))
+        per_face = seconds * 1000 / batch
+        print(f"{name:14} {device.type:5} {batch:5d} {seconds * 1000:10.1f} {per_face:9.2f} {batch / seconds:9.0f} "
+              f"{cpp_ms:8.1f} {1000 / cpp_ms:8.0f} {cpp_ms / per_face:8.2f}x", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", type=Path, default=Path(os.environ.get("TORCH_CLNF_MODELS", SHARED / "openface-models")))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 64])
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--ceclm", action="store_true", help="also time CE-CLM on full-size synthetic CEN files")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    print(f"# {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"float32, median of {args.repeats}; C++ = OpenFace 2.x on the same machine type (reference CSVs)")
+    print(f"{'model':14} {'dev':5} {'faces':>5} {'batch ms':>10} {'ms/face':>9} {'faces/s':>9} "
+          f"{'C++ ms':>8} {'C++ f/s':>8} {'speed-up':>9}")
+    cpp_clnf = cpp_median_ms("images_default.csv")
+    run("CLNF", torch_clnf.load_model("main_clnf_general.txt", args.models, device=device), args.batches, device,
+        args.repeats, cpp_clnf)
+    if args.ceclm:
+        with tempfile.TemporaryDirectory() as folder, tempfile.TemporaryDirectory() as cache:
+            model = torch_clnf.load_model("main_ceclm_general.txt", ceclm_models(Path(folder), args.models),
+                                          device=device, cache=cache)
+            run("CE-CLM (synth)", model, args.batches, device, args.repeats, 29.5)  # C++: 28-31 ms (reference README)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
