@@ -9,13 +9,10 @@ random weights). Prints median milliseconds per call and the batched / loop spee
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import platform
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -23,38 +20,16 @@ import torch
 from torch_clnf.models import CCNFExperts, CENExperts
 from torch_clnf.openface import read_ccnf, read_cen
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+from timing import SHARED, median_ms, synthetic_cen_tool
+
 WINDOW = 11
 
 
 def synthetic_cen(folder: Path) -> Path:
     """The full-size synthetic 0.25-scale CEN file, written with the shared tool."""
-    spec = importlib.util.spec_from_file_location("make_synthetic_cen", SHARED / "tools/make_synthetic_cen.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = synthetic_cen_tool()
     path, _ = tool.write(folder, "0.25", tool.visibilities())
     return Path(path)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    elif device.type == "mps":
-        torch.mps.synchronize()
-
-
-def median_ms(call, device: torch.device, repeats: int) -> float:
-    call()
-    call()
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        call()
-        sync(device)
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
 
 
 def run(name: str, module: torch.nn.Module, batches: list[int], device: torch.device, repeats: int,

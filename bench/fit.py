@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib.util
 import os
 import platform
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import cv2
@@ -25,28 +23,9 @@ import torch
 
 import torch_clnf
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+from timing import SHARED, median_ms, synthetic_cen_tool
+
 REFERENCE = SHARED / "reference/openface_cpp"
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    elif device.type == "mps":
-        torch.mps.synchronize()
-
-
-def median_seconds(call, device: torch.device, repeats: int) -> float:
-    call()
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        call()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def faces(batch: int, device: torch.device) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
@@ -71,9 +50,7 @@ def ceclm_models(folder: Path, models: Path) -> Path:
         if item.name != "patch_experts":
             (folder / item.name).symlink_to(item)
     (folder / "patch_experts").mkdir()
-    spec = importlib.util.spec_from_file_location("make_synthetic_cen", SHARED / "tools/make_synthetic_cen.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = synthetic_cen_tool()
     for scale in ("0.25", "0.35", "0.50", "1.00"):
         tool.write(folder / "patch_experts", scale, tool.visibilities())
     return folder
@@ -83,8 +60,8 @@ def run(name: str, model: torch_clnf.LandmarkModel, batches: list[int], device: 
         cpp_ms: float) -> None:
     for batch in batches:
         greys, boxes, index = faces(batch, device)
-        seconds = median_seconds(lambda: model.fit(greys, boxes, image_index=index), device,
-                                 repeats if batch < 64 else max(3, repeats // 3))
+        seconds = median_ms(lambda: model.fit(greys, boxes, image_index=index), device,
+                            repeats if batch < 64 else max(3, repeats // 3), warmup=1) / 1000
         per_face = seconds * 1000 / batch
         print(f"{name:14} {device.type:5} {batch:5d} {seconds * 1000:10.1f} {per_face:9.2f} {batch / seconds:9.0f} "
               f"{cpp_ms:8.1f} {1000 / cpp_ms:8.0f} {cpp_ms / per_face:8.2f}x", flush=True)

@@ -1,0 +1,43 @@
+"""What the benchmarks share: timing on any device, and the shared synthetic-CEN tool."""
+from __future__ import annotations
+
+import importlib.util
+import statistics
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Callable
+
+import torch
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued GPU work, so that wall-clock times measure it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def median_ms(call: Callable[[], object], device: torch.device, repeats: int, warmup: int = 2) -> float:
+    """Median wall-clock milliseconds of ``repeats`` calls, after ``warmup`` calls."""
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        call()
+        sync(device)
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def synthetic_cen_tool() -> ModuleType:
+    """../shared/tools/make_synthetic_cen.py as a module (``write(folder, scale, visibilities())``)."""
+    spec = importlib.util.spec_from_file_location("make_synthetic_cen", SHARED / "tools/make_synthetic_cen.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
