@@ -29,14 +29,15 @@ REFERENCE = SHARED / "reference/openface_cpp"
 
 
 def faces(batch: int, device: torch.device) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
-    """``batch`` faces cycling through sample1–6: grey images (decoded once), boxes, image index."""
+    """``batch`` faces cycling through sample1–6: the grey images used (decoded once), boxes, image index."""
     with open(REFERENCE / "images_default.csv") as f:
         records = list(csv.DictReader(f))
     greys = [torch.from_numpy(cv2.cvtColor(cv2.imread(str(SHARED / "media" / r["file_or_frame"])), cv2.COLOR_BGR2GRAY))
              for r in records]
     boxes = torch.tensor([[float(r[k]) for k in ("box_x", "box_y", "box_w", "box_h")] for r in records])
     pick = torch.arange(batch) % len(records)
-    return greys, boxes[pick].to(device), pick.to(device)
+    used = min(batch, len(records))
+    return greys[:used], boxes[pick].to(device), pick.to(device)
 
 
 def cpp_median_ms(name: str, column: str = "fit_ms") -> float:

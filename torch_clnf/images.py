@@ -51,8 +51,12 @@ def to_grey(image: ImageLike) -> torch.Tensor:
 
 
 def batch_images(images: Sequence[ImageLike] | ImageLike, device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images of any sizes → (N, H, W) grey batch (zero-padded to the largest) and (N, 2) (width, height)."""
+                 dtype: torch.dtype = torch.float32, margin: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images of any sizes → one grey batch and their (N, 2) (width, height).
+
+    The batch is (N, H + 2·margin, W + 2·margin) for the largest H and W: each image at
+    (margin, margin), zeros elsewhere.
+    """
     if isinstance(images, (str, Path, np.ndarray, torch.Tensor)):
         images = [images]
     if len(images) == 0:
@@ -65,8 +69,8 @@ def batch_images(images: Sequence[ImageLike] | ImageLike, device: torch.device |
             raise ValueError(f"image {k}: {err}") from None
     height = max(g.shape[0] for g in greys)
     width = max(g.shape[1] for g in greys)
-    batch = torch.zeros(len(greys), height, width, dtype=dtype)
+    batch = torch.zeros(len(greys), height + 2 * margin, width + 2 * margin, dtype=dtype)
     for k, grey in enumerate(greys):
-        batch[k, : grey.shape[0], : grey.shape[1]] = grey
+        batch[k, margin: margin + grey.shape[0], margin: margin + grey.shape[1]] = grey
     sizes = torch.tensor([[g.shape[1], g.shape[0]] for g in greys], dtype=dtype)
     return batch.to(device), sizes.to(device)

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .fitting import ROTATION_HYPOTHESES, FitConfig, FitState, ModelFitter
+from .fitting.sampling import MARGIN
 from .images import ImageLike, batch_images
 from .openface import OpenFaceModel
 from .weights import load_weights
@@ -94,7 +95,7 @@ class LandmarkModel(nn.Module):
         return self.fitter.pdm.mean_shape.dtype
 
     def _images(self, images: Sequence[ImageLike] | ImageLike) -> tuple[torch.Tensor, torch.Tensor]:
-        return batch_images(images, self.device, self.dtype)
+        return batch_images(images, self.device, self.dtype, margin=MARGIN)   # padded as the sampler reads it
 
     def _result(self, state: FitState, sizes: torch.Tensor, image_index: torch.Tensor) -> FitResult:
         pdm = self.fitter.pdm

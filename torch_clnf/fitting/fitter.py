@@ -10,7 +10,7 @@ from ..models import CCNFExperts, CENExperts, PointDistributionModel
 from ..openface import OpenFaceModel
 from .config import FitConfig
 from .rlms import ResponseFrame, nu_rlms
-from .sampling import align_similarity, pad_images, sample_areas
+from .sampling import align_similarity, sample_areas
 
 
 @dataclass
@@ -85,22 +85,20 @@ class ModelFitter(nn.Module):
             weights = weight_factor * experts.confidence[view]
         return ResponseFrame(maps, visible, shape, image_to_reference, reference_to_image, weights), view
 
-    def fit(self, images: torch.Tensor, image_index: torch.Tensor, params_global: torch.Tensor,
+    def fit(self, padded: torch.Tensor, image_index: torch.Tensor, params_global: torch.Tensor,
             params_local: torch.Tensor, window_sizes: tuple[int, ...], active: torch.Tensor | None = None,
-            parts: bool = True, padded: torch.Tensor | None = None) -> FitState:
+            parts: bool = True) -> FitState:
         """Fit from the given params over the scales (OpenFace's ``CLNF::Fit``), then the parts.
 
         Args:
-            images: (N, H, W) grey images, float.
+            padded: (N, H + 4, W + 4) grey images with a zero margin, from :func:`pad_images`.
             image_index: (B,) the image of each face.
             params_global: (B, 6); params_local: (B, m) the starting params.
             window_sizes: per scale (0 skips it).
             active: (B,) bool, faces to fit (default all); the others are returned unchanged.
             parts: refit the part models afterwards (if the config's ``refine_hierarchical`` is on).
-            padded: ``pad_images(images)``, if the caller has it already.
         """
         cfg = self.config
-        padded = pad_images(images) if padded is None else padded
         batch = params_global.shape[0]
         active = torch.ones(batch, dtype=torch.bool, device=params_global.device) if active is None else active.clone()
         success = active.clone()
@@ -123,13 +121,12 @@ class ModelFitter(nn.Module):
         landmarks = self.pdm.project(params_global, params_local)
         state = FitState(params_global, params_local, landmarks, likelihood, success, view)
         if parts and cfg.refine_hierarchical and len(self.parts):
-            state = self.refine_parts(images, image_index, state, success, padded)
+            state = self.refine_parts(padded, image_index, state, success)
         finite = torch.isfinite(state.landmarks).flatten(1).all(1) & torch.isfinite(state.params_global).all(1)
         state.success = state.success & finite
         return state
 
-    def refine_parts(self, images: torch.Tensor, image_index: torch.Tensor, state: FitState, active: torch.Tensor,
-                     padded: torch.Tensor | None = None) -> FitState:
+    def refine_parts(self, padded: torch.Tensor, image_index: torch.Tensor, state: FitState, active: torch.Tensor) -> FitState:
         """Refit each part model from the face's landmarks and write its landmarks back.
 
         As OpenFace: a part is refitted where the face's scale exceeds 0.9 × the part's first
@@ -148,7 +145,7 @@ class ModelFitter(nn.Module):
             g, p = part.pdm.params_from_landmarks(part_landmarks, given)
             use = active & (state.params_global[:, 0] > 0.9 * part.patch_scales[0])
             if bool(use.any()):
-                fitted = part.fit(images, image_index, g, p, part.config.window_sizes, use, padded=padded)
+                fitted = part.fit(padded, image_index, g, p, part.config.window_sizes, use)
                 g, p = fitted.params_global, fitted.params_local
             refined = part.pdm.project(g, p)
             landmarks[:, main_index] = torch.where(active[:, None, None], refined[:, part_index], landmarks[:, main_index])
