@@ -55,25 +55,25 @@ def nu_rlms(pdm: PointDistributionModel, params_global: torch.Tensor, params_loc
     weights = frame.weights * frame.visible                                       # (B, n)
     running = active.clone()
     previous = None
-    offsets = ((pdm.project(params_global, params_local) - frame.base_shape) @ frame.image_to_reference.transpose(1, 2))
-    last = offsets + centre                                                        # map positions for the likelihood
+    to_reference = frame.image_to_reference.transpose(1, 2)
+    last = (pdm.project(params_global, params_local) - frame.base_shape) @ to_reference + centre   # for the likelihood
     for iteration in range(iterations):
-        shape = pdm.project(params_global, params_local)
+        shape, jacobian = pdm.project_with_jacobian(params_global, params_local, rigid=rigid)      # (B, n, 2), (B, n, 2, k)
         if previous is not None:
             running = running & (torch.linalg.vector_norm((shape - previous).flatten(1), dim=1) >= convergence)
         if not bool(running.any()):
             break
         previous = shape
-        position = (shape - frame.base_shape) @ frame.image_to_reference.transpose(1, 2) + centre   # (B, n, 2)
+        position = (shape - frame.base_shape) @ to_reference + centre                # (B, n, 2) map pixels
         last = torch.where(running[:, None, None], position, last)
         shift = mean_shift(frame.maps, position[..., 0], position[..., 1], sigma, kde_step)
         shift = (shift @ frame.reference_to_image.transpose(1, 2)) * frame.visible[..., None]
-        jacobian = pdm.jacobian(params_global, params_local, rigid=rigid)           # (B, n, 2, k)
-        weighted = jacobian * weights[..., None, None]
-        gradient = torch.einsum("bnck,bnc->bk", weighted, shift)
+        jacobian = jacobian.flatten(1, 2)                                            # (B, 2n, k)
+        weighted = (jacobian * weights.repeat_interleave(2, 1)[..., None]).transpose(1, 2)   # (B, k, 2n)
+        gradient = (weighted @ shift.reshape(batch, -1, 1)).squeeze(-1)
         if not rigid:
             gradient[:, 6:] -= prior[6:] * params_local
-        hessian = torch.diag(prior) + torch.einsum("bnck,bncj->bkj", weighted, jacobian)
+        hessian = torch.diag(prior) + weighted @ jacobian
         hessian = torch.where(running[:, None, None], hessian, torch.eye(len(prior), dtype=hessian.dtype, device=hessian.device))
         step = torch.linalg.solve(hessian, gradient.unsqueeze(-1)).squeeze(-1)
         new_global, new_local = pdm.update(params_global, params_local, step)

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from ..openface import PDMData
-from .rotation import euler_to_matrix, matrix_to_euler, skew, small_rotation
+from .rotation import euler_to_matrix, matrix_to_euler, small_rotation
 
 
 class PointDistributionModel(nn.Module):
@@ -31,6 +31,10 @@ class PointDistributionModel(nn.Module):
         self.register_buffer("mean_shape", data.mean_shape.to(dtype))                      # (n, 3)
         self.register_buffer("principal_components", data.principal_components.to(dtype))  # (n, 3, m)
         self.register_buffer("eigenvalues", data.eigenvalues.to(dtype))                    # (m,)
+        n, _, m = data.principal_components.shape
+        # the same basis laid out for matmuls: (m, n·3) and (3, n·m)
+        self.register_buffer("_basis_by_mode", data.principal_components.permute(2, 0, 1).reshape(m, n * 3).to(dtype))
+        self.register_buffer("_basis_by_axis", data.principal_components.permute(1, 0, 2).reshape(3, n * m).to(dtype))
 
     @property
     def num_points(self) -> int:
@@ -47,7 +51,7 @@ class PointDistributionModel(nn.Module):
 
     def shape_3d(self, params_local: torch.Tensor) -> torch.Tensor:
         """(B, m) local params → (B, n, 3) model-frame 3D shape (millimetres)."""
-        return self.mean_shape + torch.einsum("nck,bk->bnc", self.principal_components, params_local)
+        return self.mean_shape + (params_local @ self._basis_by_mode).view(-1, self.num_points, 3)
 
     def project(self, params_global: torch.Tensor, params_local: torch.Tensor | None = None) -> torch.Tensor:
         """(B, 6) global, (B, m) local params → (B, n, 2) landmarks, pixels."""
@@ -57,7 +61,7 @@ class PointDistributionModel(nn.Module):
         """The rotated, scaled, translated 3D shape: (B, n, 3); x, y in pixels, z relative."""
         shape = self.shape_3d(self._local(params_global, params_local))
         rotation = euler_to_matrix(params_global[:, 1:4])
-        out = params_global[:, None, :1] * torch.einsum("bij,bnj->bni", rotation, shape)
+        out = params_global[:, None, :1] * (shape @ rotation.transpose(1, 2))
         translation = torch.cat([params_global[:, 4:6], params_global.new_zeros(params_global.shape[0], 1)], 1)
         return out + translation[:, None]
 
@@ -69,19 +73,32 @@ class PointDistributionModel(nn.Module):
             (B, n, 2, 6 + m), or (B, n, 2, 6) with ``rigid=True``; columns are
             (scale, δx, δy, δz, tx, ty, p_0 … p_{m-1}).
         """
-        local = self._local(params_global, params_local)
-        shape = self.shape_3d(local)                                     # (B, n, 3)
-        rotation = euler_to_matrix(params_global[:, 1:4])[:, :2]         # (B, 2, 3)
-        scale = params_global[:, 0, None, None, None]
-        d_scale = torch.einsum("bij,bnj->bni", rotation, shape)          # (B, n, 2)
-        # d(R (I + [δ]×) X)/dδ = R [e_k × X]: e_x × X = (0, -Z, Y), e_y × X = (Z, 0, -X), e_z × X = (-Y, X, 0)
-        cross = -skew(shape)                                             # column k: e_k × X = -[X]× e_k
-        d_rot = scale * torch.einsum("bij,bnjk->bnik", rotation, cross)  # (B, n, 2, 3)
-        d_trans = torch.eye(2, dtype=shape.dtype, device=shape.device).expand(shape.shape[0], shape.shape[1], 2, 2)
-        columns = [d_scale.unsqueeze(-1), d_rot, d_trans]
+        return self.project_with_jacobian(params_global, params_local, rigid)[1]
+
+    def project_with_jacobian(self, params_global: torch.Tensor, params_local: torch.Tensor | None = None,
+                              rigid: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`project` and :meth:`jacobian` together, sharing the shape and rotation.
+
+        Returns:
+            (B, n, 2) landmarks, pixels; (B, n, 2, 6 [+ m]) Jacobian.
+        """
+        batch, n = params_global.shape[0], self.num_points
+        shape = self.shape_3d(self._local(params_global, params_local))              # (B, n, 3)
+        rotation = euler_to_matrix(params_global[:, 1:4])[:, :2]                      # (B, 2, 3)
+        scale = params_global[:, 0, None, None]
+        rotated = shape @ rotation.transpose(1, 2)                                    # (B, n, 2)
+        landmarks = scale * rotated + params_global[:, None, 4:6]
+        # d(R (I + [δ]×) X)/dδ_k = R (e_k × X): with X = (x, y, z), e_x × X = (0, -z, y), e_y × X = (z, 0, -x), e_z × X = (-y, x, 0)
+        r = rotation.unsqueeze(1)                                                     # (B, 1, 2, 3)
+        x, y, z = shape[..., 0, None], shape[..., 1, None], shape[..., 2, None]       # (B, n, 1)
+        d_rot = torch.stack([r[..., 2] * y - r[..., 1] * z, r[..., 0] * z - r[..., 2] * x,
+                             r[..., 1] * x - r[..., 0] * y], -1)                      # (B, n, 2, 3)
+        eye = torch.eye(2, dtype=shape.dtype, device=shape.device).expand(batch, n, 2, 2)
+        columns = [rotated.unsqueeze(-1), scale[..., None] * d_rot, eye]
         if not rigid:
-            columns.append(scale * torch.einsum("bij,njk->bnik", rotation, self.principal_components))
-        return torch.cat(columns, -1)
+            local = (rotation @ self._basis_by_axis).view(batch, 2, n, -1).transpose(1, 2)   # (B, n, 2, m)
+            columns.append(scale[..., None] * local)
+        return landmarks, torch.cat(columns, -1)
 
     def update(self, params_global: torch.Tensor, params_local: torch.Tensor | None,
                delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -153,28 +170,30 @@ class PointDistributionModel(nn.Module):
         params = torch.cat([scale[:, None], rotation, (low + high) / 2], 1)
         local = landmarks.new_zeros(batch, self.num_modes)
 
-        def error(g: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-            return torch.sqrt((((self.project(g, p) - landmarks) ** 2).sum(-1) * weight).sum(1))
-
         prior = torch.cat([landmarks.new_zeros(6), 1 / self.eigenvalues])
-        current = error(params, local)
+        projected, jacobian = self.project_with_jacobian(params, local)
+        weight2 = weight.repeat_interleave(2, 1)[..., None]                          # (B, 2n, 1)
+        current = torch.sqrt((((projected - landmarks) ** 2).sum(-1) * weight).sum(1))
         stalls = torch.zeros(batch, dtype=torch.long, device=landmarks.device)
         for _ in range(max_iterations):
             active = stalls < 3
             if not bool(active.any()):
                 break
-            residual = (landmarks - self.project(params, local)) * weight[..., None]          # (B, n, 2)
-            jac = self.jacobian(params, local).flatten(1, 2)                                  # (B, 2n, k)
-            jac_w = jac * weight.repeat_interleave(2, 1)[..., None]
-            gradient = torch.einsum("bik,bi->bk", jac_w, residual.flatten(1, 2))
+            residual = ((landmarks - projected) * weight[..., None]).reshape(batch, -1, 1)   # (B, 2n, 1)
+            flat = jacobian.flatten(1, 2)                                             # (B, 2n, k)
+            weighted = (flat * weight2).transpose(1, 2)                               # (B, k, 2n)
+            gradient = (weighted @ residual).squeeze(-1)
             gradient[:, 6:] -= prior[6:] * local
-            hessian = torch.diag(prior) + jac_w.transpose(1, 2) @ jac
+            hessian = torch.diag(prior) + weighted @ flat
             step = 0.75 * torch.linalg.solve(hessian, gradient.unsqueeze(-1)).squeeze(-1)
             new_params, new_local = self.update(params, local, step)
-            new_error = error(new_params, new_local)
+            new_projected, new_jacobian = self.project_with_jacobian(new_params, new_local)
+            new_error = torch.sqrt((((new_projected - landmarks) ** 2).sum(-1) * weight).sum(1))
             keep = active[:, None]
             params = torch.where(keep, new_params, params)
             local = torch.where(keep, new_local, local)
+            projected = torch.where(keep[..., None], new_projected, projected)
+            jacobian = torch.where(keep[..., None, None], new_jacobian, jacobian)
             stalls = stalls + (active & (0.999 * current < new_error)).long()
             current = torch.where(active, new_error, current)
         return params, local

@@ -14,12 +14,11 @@ def euler_to_matrix(euler: torch.Tensor) -> torch.Tensor:
     """
     s1, s2, s3 = torch.sin(euler).unbind(-1)
     c1, c2, c3 = torch.cos(euler).unbind(-1)
-    rows = (
-        (c2 * c3, -c2 * s3, s2),
-        (c1 * s3 + c3 * s1 * s2, c1 * c3 - s1 * s2 * s3, -c2 * s1),
-        (s1 * s3 - c1 * c3 * s2, c3 * s1 + c1 * s2 * s3, c1 * c2),
-    )
-    return torch.stack([torch.stack(r, -1) for r in rows], -2)
+    s1s2, c1s2 = s1 * s2, c1 * s2
+    entries = (c2 * c3, -c2 * s3, s2,
+               c1 * s3 + c3 * s1s2, c1 * c3 - s1s2 * s3, -c2 * s1,
+               s1 * s3 - c1s2 * c3, c3 * s1 + c1s2 * s3, c1 * c2)
+    return torch.stack(entries, -1).unflatten(-1, (3, 3))
 
 
 def matrix_to_euler(rotation: torch.Tensor) -> torch.Tensor:
