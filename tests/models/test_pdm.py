@@ -145,3 +145,9 @@ def test_small_rotation_is_the_svd_orthonormalisation():
     approx = torch.stack([torch.stack(r, -1) for r in ((one, -z, y), (z, one, -x), (-y, x, one))], -2)
     u, _, vh = torch.linalg.svd(approx)
     torch.testing.assert_close(small_rotation(delta), u @ vh)
+
+
+def test_degenerate_rotation_gives_zero_angles():
+    """OpenFace sets all three angles to 0 when the conversion gives NaN (a 180° rotation here)."""
+    flip = torch.diag(torch.tensor([1.0, -1.0, -1.0], dtype=torch.float64))[None]
+    assert matrix_to_euler(flip).tolist() == [[0.0, 0.0, 0.0]]

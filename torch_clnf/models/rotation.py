@@ -29,24 +29,26 @@ def matrix_to_euler(rotation: torch.Tensor) -> torch.Tensor:
     Returns:
         (..., 3) radians; NaN (a degenerate matrix) becomes 0, as in OpenFace.
     """
-    r = rotation
-    q0 = torch.sqrt(torch.clamp(1 + r[..., 0, 0] + r[..., 1, 1] + r[..., 2, 2], min=0)) / 2
-    q1 = (r[..., 2, 1] - r[..., 1, 2]) / (4 * q0)
-    q2 = (r[..., 0, 2] - r[..., 2, 0]) / (4 * q0)
-    q3 = (r[..., 1, 0] - r[..., 0, 1]) / (4 * q0)
+    r00, r01, r02, r10, r11, r12, r20, r21, r22 = rotation.flatten(-2).unbind(-1)
+    q0 = torch.sqrt(torch.clamp(1 + r00 + r11 + r22, min=0)) / 2
+    q1, q2, q3 = (torch.stack([r21 - r12, r02 - r20, r10 - r01], -1) / (4 * q0.unsqueeze(-1))).unbind(-1)
     yaw = torch.asin(torch.clamp(2 * (q0 * q2 + q1 * q3), -1, 1))
-    pitch = torch.atan2(2 * (q0 * q1 - q2 * q3), q0 * q0 - q1 * q1 - q2 * q2 + q3 * q3)
-    roll = torch.atan2(2 * (q0 * q3 - q1 * q2), q0 * q0 + q1 * q1 - q2 * q2 - q3 * q3)
+    q00, q11, q22, q33 = q0 * q0, q1 * q1, q2 * q2, q3 * q3
+    pitch = torch.atan2(2 * (q0 * q1 - q2 * q3), q00 - q11 - q22 + q33)
+    roll = torch.atan2(2 * (q0 * q3 - q1 * q2), q00 + q11 - q22 - q33)
     euler = torch.stack((pitch, yaw, roll), -1)
-    bad = torch.isnan(euler).any(-1, keepdim=True)
-    return torch.where(bad, torch.zeros_like(euler), euler)
+    return torch.where(torch.isnan(euler).any(-1, keepdim=True), torch.zeros_like(euler), euler)
+
+
+# [v]× = (v @ _SKEW).view(3, 3): the 9 entries of the cross-product matrix as linear maps of v.
+_SKEW = torch.tensor([[0, 0, 0, 0, 0, -1, 0, 1, 0],
+                      [0, 0, 1, 0, 0, 0, -1, 0, 0],
+                      [0, -1, 0, 1, 0, 0, 0, 0, 0]], dtype=torch.float64)
 
 
 def skew(v: torch.Tensor) -> torch.Tensor:
     """(..., 3) → (..., 3, 3) cross-product matrices ``[v]×`` (``[v]× u = v × u``)."""
-    x, y, z = v.unbind(-1)
-    zero = torch.zeros_like(x)
-    return torch.stack([torch.stack(r, -1) for r in ((zero, -z, y), (z, zero, -x), (-y, x, zero))], -2)
+    return (v @ _SKEW.to(v.device, v.dtype)).unflatten(-1, (3, 3))
 
 
 def small_rotation(delta: torch.Tensor) -> torch.Tensor:
@@ -62,7 +64,9 @@ def small_rotation(delta: torch.Tensor) -> torch.Tensor:
     Returns:
         (..., 3, 3).
     """
-    k = skew(delta)
-    c = torch.sqrt(1 + (delta * delta).sum(-1))[..., None, None]
+    # K² = δ δᵀ − |δ|² I
+    squared = (delta * delta).sum(-1)[..., None, None]
+    c = torch.sqrt(1 + squared)
     eye = torch.eye(3, dtype=delta.dtype, device=delta.device)
-    return eye + k / c + (k @ k) / (c * (c + 1))
+    outer = delta.unsqueeze(-1) * delta.unsqueeze(-2)
+    return eye + skew(delta) / c + (outer - squared * eye) / (c * (c + 1))
