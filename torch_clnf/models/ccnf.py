@@ -102,7 +102,8 @@ class CCNFExperts(nn.Module):
 
         def compute(faces: torch.Tensor, v: int) -> torch.Tensor:
             stats = window_statistics(faces, self.support)
-            z = normalised_correlation(stats, self.weights[v, index], self.bias[v, index])  # (F, L, N, win, win)
+            z = normalised_correlation(stats, self.weights[v, index], self.bias[v, index],
+                                       channels_last=True)                        # (F, L, N, win, win)
             summed = torch.einsum("ln,flnp->flp", 2 * self.alpha[v, index], torch.sigmoid(z.flatten(-2)))
             maps = torch.einsum("lpq,flq->flp", sigma[v, index], summed)
             maps = maps - maps.amin(-1, keepdim=True).clamp(max=0)

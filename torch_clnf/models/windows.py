@@ -56,7 +56,7 @@ def window_statistics(areas: torch.Tensor, support: tuple[int, int]) -> WindowSt
 
 
 def normalised_correlation(stats: WindowStatistics, weight: torch.Tensor, bias: torch.Tensor,
-                           stride: int = 1, offset: tuple[int, int] = (0, 0)) -> torch.Tensor:
+                           stride: int = 1, offset: tuple[int, int] = (0, 0), channels_last: bool = False) -> torch.Tensor:
     """``W · (window − mean) / norm + b`` for K filters per area, at every window position.
 
     Args:
@@ -64,11 +64,14 @@ def normalised_correlation(stats: WindowStatistics, weight: torch.Tensor, bias: 
         weight: (C, K, h, w), row = y.
         bias: (C, K).
         stride, offset: evaluate only positions ``offset + stride · i`` (both axes).
+        channels_last: run the convolution on a channels-last copy (faster for few filters per group).
     Returns:
         (B, C, K, win_h', win_w').
     """
     channels, k, h, w = weight.shape
     centred = stats.centred[..., offset[0]:, offset[1]:]
+    if channels_last:
+        centred = centred.contiguous(memory_format=torch.channels_last)
     z = F.conv2d(centred, weight.reshape(channels * k, 1, h, w), stride=stride, groups=channels)
     z = z.reshape(z.shape[0], channels, k, *z.shape[-2:])
     mean = stats.mean[..., offset[0]::stride, offset[1]::stride][..., : z.shape[-2], : z.shape[-1]]
