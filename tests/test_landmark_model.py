@@ -97,6 +97,8 @@ def test_bad_inputs_give_clear_errors(model, tmp_path):
         model.fit([np.zeros((0, 5), np.uint8)], torch.tensor([[0, 0, 10, 10]]))
     with pytest.raises(ValueError, match="image 0: the image has NaN"):
         model.fit([np.full((50, 50), np.nan, np.float32)], torch.tensor([[0, 0, 10, 10]]))
+    with pytest.raises(ValueError, match=r"boxes: expected \(B, 4\)"):
+        model.fit([image, image], torch.zeros(2, 3))
     with pytest.raises(ValueError, match=r"landmarks: expected \(B, 68, 2\)"):
         model.refine([image], torch.zeros(1, 5, 2))
 
@@ -116,3 +118,15 @@ def test_float64_and_config(models_dir, media_dir, reference_dir, tmp_path):
     result = model.fit([media_dir / records[0]["file_or_frame"]], boxes(records))
     assert result.landmarks.dtype == torch.float64
     assert distances(result, records).median() < 0.05
+
+
+def test_track_refits_failed_faces_from_scratch_windows(model, media_dir, reference_dir):
+    """A face whose previous fit failed is refitted with the full window sizes, the others tracked."""
+    records = rows(reference_dir / "openface_cpp/images_default.csv")[:1]
+    image = cv2.imread(str(media_dir / records[0]["file_or_frame"]))
+    first = model.fit([image, image], torch.cat([boxes(records), torch.tensor([[5.0, 5.0, 6.0, 6.0]])]), image_index=[0, 0])
+    assert first.success.tolist() == [True, False]
+    again = model.track([image], first, image_index=[0, 0])
+    tracked_alone = model.track([image], first[0])
+    torch.testing.assert_close(again.landmarks[0], tracked_alone.landmarks[0], atol=0.1, rtol=0)
+    assert len(again) == 2 and again.image_index.tolist() == [0, 0]

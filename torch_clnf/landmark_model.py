@@ -126,7 +126,10 @@ class LandmarkModel(nn.Module):
                 OpenFace does when it first finds a face in a video); 11 times the work.
         """
         grey, sizes = self._images(images)
-        boxes = torch.as_tensor(boxes, dtype=self.dtype, device=self.device).reshape(-1, 4)
+        boxes = torch.as_tensor(boxes, dtype=self.dtype, device=self.device)
+        if boxes.shape[-1:] != (4,) or boxes.dim() > 2:
+            raise ValueError(f"boxes: expected (B, 4) x, y, width, height, found shape {tuple(boxes.shape)}")
+        boxes = boxes.reshape(-1, 4)
         index = _as_index(image_index, boxes.shape[0], grey.shape[0], self.device)
         fitter = self.fitter
         if not multi_view:
@@ -187,7 +190,9 @@ class LandmarkModel(nn.Module):
 
 
 def _merge(first: FitState, second: FitState, use_first: torch.Tensor) -> FitState:
-    pick = lambda a, b: torch.where(use_first.reshape(-1, *([1] * (a.dim() - 1))), a, b)  # noqa: E731
+    """Per face, the first state where ``use_first``, else the second."""
+    def pick(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.where(use_first.reshape(-1, *([1] * (a.dim() - 1))), a, b)
     return FitState(*(pick(getattr(first, f.name), getattr(second, f.name)) for f in fields(FitState)))
 
 
