@@ -62,16 +62,16 @@ def sample_areas(padded: torch.Tensor, image_index: torch.Tensor, landmarks: tor
     steps = torch.arange(size, dtype=landmarks.dtype, device=landmarks.device)
     a = reference_to_image[:, None, :, :, None, None]                           # (B, 1, 2, 2, 1, 1)
     origin = landmarks[..., None, None] - centre * (a[:, :, :, 0] + a[:, :, :, 1])    # (B, n, 2, 1, 1)
-    row_part = torch.round((origin + a[:, :, :, 1] * steps[:, None]) * 1024)     # (B, n, 2, size, 1)
-    column_part = torch.round(a[:, :, :, 0] * steps * 1024) + 16                 # (B, 1, 2, 1, size)
-    position = torch.div(row_part + column_part, 32, rounding_mode="floor")      # 1/32 pixels, (B, n, 2, size, size)
-    whole = torch.div(position, 32, rounding_mode="floor")
-    fraction = (position - 32 * whole) / 32
+    row_part = torch.round((origin + a[:, :, :, 1] * steps[:, None]) * 1024).long()    # (B, n, 2, size, 1), 1/1024 px
+    column_part = (torch.round(a[:, :, :, 0] * steps * 1024) + 16).long()               # (B, 1, 2, 1, size)
+    position = (row_part + column_part) >> 5                                     # 1/32 px, (B, n, 2, size, size)
+    fraction = (position & 31).to(landmarks.dtype) / 32
     height, width = padded.shape[1] - 2 * MARGIN, padded.shape[2] - 2 * MARGIN
-    x0 = whole[:, :, 0].clamp(-MARGIN, width).long() + MARGIN
-    y0 = whole[:, :, 1].clamp(-MARGIN, height).long() + MARGIN
     stride = padded.shape[2]
-    top_left = (image_index * padded[0].numel())[:, None, None, None] + y0 * stride + x0
+    x0 = (position[:, :, 0] >> 5).clamp_(-MARGIN, width)
+    y0 = (position[:, :, 1] >> 5).clamp_(-MARGIN, height)
+    origin_index = image_index * padded[0].numel() + MARGIN * stride + MARGIN
+    top_left = y0.mul_(stride).add_(x0).add_(origin_index[:, None, None, None])
     flat = padded.reshape(-1)
     fx, fy = fraction[:, :, 0], fraction[:, :, 1]
     top = torch.lerp(flat[top_left], flat[top_left + 1], fx)
