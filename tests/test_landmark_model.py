@@ -104,11 +104,13 @@ def test_bad_inputs_give_clear_errors(model, tmp_path):
 
 
 def test_faces_that_fail_are_reported(model):
-    """A box far too small for the experts, and a blank image: no exception, success False, no NaN."""
+    """A box far too small for the experts, a zero-size box, and a blank image: no exception,
+    success False for the failed faces, and no NaN in any face's output."""
     blank = np.zeros((240, 320), np.uint8)
-    result = model.fit([blank, blank], torch.tensor([[100.0, 100.0, 8.0, 8.0], [40.0, 40.0, 150.0, 150.0]]))
-    assert not result.success[0]
-    assert torch.isfinite(result.landmarks[1]).all()
+    result = model.fit([blank, blank, blank], torch.tensor([[100.0, 100.0, 8.0, 8.0], [40.0, 40.0, 150.0, 150.0],
+                                                            [10.0, 10.0, 0.0, 0.0]]), image_index=[0, 1, 2])
+    assert result.success.tolist() == [False, True, False]
+    assert torch.isfinite(result.landmarks[:2]).all() and torch.isfinite(result.params_global[:2]).all()
 
 
 def test_float64_and_config(models_dir, media_dir, reference_dir, tmp_path):

@@ -33,8 +33,9 @@ def test_responses_and_phases_match_openface(fitter, media_dir, reference_dir, n
         cpp = ResponseFrame(expected, frame.visible, frame.base_shape, frame.image_to_reference,
                             frame.reference_to_image, frame.weights)
         for phase_start, phase_end, is_rigid in ((before, rigid, True), (rigid, nonrigid, False)):
-            g, p, _ = nu_rlms(fitter.pdm, phase_start["global"], phase_start["local"], cpp, is_rigid, sigma, reg,
-                              fitter.config.iterations, active)
+            g, p, _, failed = nu_rlms(fitter.pdm, phase_start["global"], phase_start["local"], cpp, is_rigid, sigma, reg,
+                                      fitter.config.iterations, active)
+            assert not failed.any()
             ours = fitter.pdm.project(g, p)
             theirs = fitter.pdm.project(phase_end["global"], phase_end["local"])
             assert (ours - theirs).norm(dim=-1).max() < 0.01, (scale, "rigid" if is_rigid else "non-rigid")

@@ -2,8 +2,8 @@
 from .config import FitConfig, PartConfig, ROTATION_HYPOTHESES
 from .fitter import FitState, ModelFitter
 from .mean_shift import log_likelihood, mean_shift
-from .rlms import ResponseFrame, nu_rlms
+from .rlms import PhaseResult, ResponseFrame, nu_rlms
 from .sampling import align_similarity, sample_areas
 
-__all__ = ["FitConfig", "FitState", "ModelFitter", "PartConfig", "ROTATION_HYPOTHESES", "ResponseFrame",
+__all__ = ["FitConfig", "FitState", "ModelFitter", "PartConfig", "PhaseResult", "ROTATION_HYPOTHESES", "ResponseFrame",
            "align_similarity", "log_likelihood", "mean_shift", "nu_rlms", "sample_areas"]

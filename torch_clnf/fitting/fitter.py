@@ -111,10 +111,12 @@ class ModelFitter(nn.Module):
             frame, view_now = self.responses(padded, image_index, params_global, params_local, scale, window, weight_factor)
             view = torch.where(active, view_now, view)
             for rigid in (True, False):
-                params_global, params_local, phase_likelihood = nu_rlms(
-                    self.pdm, params_global, params_local, frame, rigid, sigma, reg, cfg.iterations, active,
-                    cfg.convergence, cfg.kde_step, cfg.shape_sigmas)
-            likelihood = torch.where(active, phase_likelihood, likelihood)
+                phase = nu_rlms(self.pdm, params_global, params_local, frame, rigid, sigma, reg, cfg.iterations,
+                                active, cfg.convergence, cfg.kde_step, cfg.shape_sigmas)
+                params_global, params_local = phase.params_global, phase.params_local
+                success = success & ~phase.failed
+                active = active & ~phase.failed
+            likelihood = torch.where(active, phase.likelihood, likelihood)
             shrunk = ~(params_global[:, 0] >= cfg.min_scale)                       # also catches NaN
             success = success & ~(active & shrunk)
             active = active & ~shrunk

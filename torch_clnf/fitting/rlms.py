@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -28,10 +29,26 @@ class ResponseFrame:
     weights: torch.Tensor
 
 
+class PhaseResult(NamedTuple):
+    """Where one NU-RLMS phase left a batch of faces.
+
+    Attributes:
+        params_global: (B, 6); params_local: (B, m).
+        likelihood: (B,) log-likelihood of the final positions.
+        failed: (B,) bool, faces whose Gauss-Newton system could not be solved (singular or
+            non-finite); they keep the params they had.
+    """
+
+    params_global: torch.Tensor
+    params_local: torch.Tensor
+    likelihood: torch.Tensor
+    failed: torch.Tensor
+
+
 def nu_rlms(pdm: PointDistributionModel, params_global: torch.Tensor, params_local: torch.Tensor,
             frame: ResponseFrame, rigid: bool, sigma: float, reg_factor: float, iterations: int,
             active: torch.Tensor, convergence: float = 0.01, kde_step: float = 0.1, shape_sigmas: float = 3.0,
-            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            ) -> PhaseResult:
     """One NU-RLMS phase (rigid only, or rigid + non-rigid) for a batch of faces.
 
     Each iteration: mean-shift of every landmark on its response map (KDE ``sigma``), mapped to
@@ -43,8 +60,6 @@ def nu_rlms(pdm: PointDistributionModel, params_global: torch.Tensor, params_loc
     Args:
         params_global: (B, 6); params_local: (B, m).
         active: (B,) bool, the faces to fit.
-    Returns:
-        (B, 6) global params, (B, m) local params, (B,) log-likelihood of the final positions.
     """
     batch = params_global.shape[0]
     window = frame.maps.shape[-1]
@@ -52,12 +67,15 @@ def nu_rlms(pdm: PointDistributionModel, params_global: torch.Tensor, params_loc
     prior = params_global.new_zeros(6 if rigid else 6 + pdm.num_modes)
     if not rigid:
         prior[6:] = reg_factor / pdm.eigenvalues
-    weights = frame.weights * frame.visible                                       # (B, n)
+    weights = (frame.weights * frame.visible).repeat_interleave(2, 1)[..., None]  # (B, 2n, 1)
+    regulariser = torch.diag(prior)
+    identity = torch.eye(len(prior), dtype=prior.dtype, device=prior.device)
     running = active.clone()
+    failed = torch.zeros_like(active)
     previous = None
     to_reference = frame.image_to_reference.transpose(1, 2)
     last = (pdm.project(params_global, params_local) - frame.base_shape) @ to_reference + centre   # for the likelihood
-    for iteration in range(iterations):
+    for _ in range(iterations):
         shape, jacobian = pdm.project_with_jacobian(params_global, params_local, rigid=rigid)      # (B, n, 2), (B, n, 2, k)
         if previous is not None:
             running = running & (torch.linalg.vector_norm((shape - previous).flatten(1), dim=1) >= convergence)
@@ -69,17 +87,20 @@ def nu_rlms(pdm: PointDistributionModel, params_global: torch.Tensor, params_loc
         shift = mean_shift(frame.maps, position[..., 0], position[..., 1], sigma, kde_step)
         shift = (shift @ frame.reference_to_image.transpose(1, 2)) * frame.visible[..., None]
         jacobian = jacobian.flatten(1, 2)                                            # (B, 2n, k)
-        weighted = (jacobian * weights.repeat_interleave(2, 1)[..., None]).transpose(1, 2)   # (B, k, 2n)
+        weighted = (jacobian * weights).transpose(1, 2)                             # (B, k, 2n)
         gradient = (weighted @ shift.reshape(batch, -1, 1)).squeeze(-1)
         if not rigid:
             gradient[:, 6:] -= prior[6:] * params_local
-        hessian = torch.diag(prior) + weighted @ jacobian
-        hessian = torch.where(running[:, None, None], hessian, torch.eye(len(prior), dtype=hessian.dtype, device=hessian.device))
-        step = torch.linalg.solve(hessian, gradient.unsqueeze(-1)).squeeze(-1)
+        hessian = torch.where(running[:, None, None], regulariser + weighted @ jacobian, identity)
+        step, info = torch.linalg.solve_ex(hessian, gradient.unsqueeze(-1))
+        step = step.squeeze(-1)
+        unsolved = running & ((info != 0) | ~torch.isfinite(step).all(1))
+        failed = failed | unsolved
+        running = running & ~unsolved
         new_global, new_local = pdm.update(params_global, params_local, step)
         new_local = pdm.clamp(new_local, shape_sigmas)
         keep = running[:, None]
         params_global = torch.where(keep, new_global, params_global)
         params_local = torch.where(keep, new_local, params_local)
     likelihood = log_likelihood(frame.maps, last[..., 0], last[..., 1], frame.visible, sigma)
-    return params_global, params_local, likelihood
+    return PhaseResult(params_global, params_local, likelihood, failed)

@@ -185,7 +185,11 @@ class PointDistributionModel(nn.Module):
             gradient = (weighted @ residual).squeeze(-1)
             gradient[:, 6:] -= prior[6:] * local
             hessian = torch.diag(prior) + weighted @ flat
-            step = 0.75 * torch.linalg.solve(hessian, gradient.unsqueeze(-1)).squeeze(-1)
+            step, info = torch.linalg.solve_ex(hessian, gradient.unsqueeze(-1))
+            step = 0.75 * step.squeeze(-1)
+            unsolved = active & ((info != 0) | ~torch.isfinite(step).all(1))    # degenerate landmarks: stop there
+            stalls = torch.where(unsolved, torch.full_like(stalls, 3), stalls)
+            active = active & ~unsolved
             new_params, new_local = self.update(params, local, step)
             new_projected, new_jacobian = self.project_with_jacobian(new_params, new_local)
             new_error = torch.sqrt((((new_projected - landmarks) ** 2).sum(-1) * weight).sum(1))
