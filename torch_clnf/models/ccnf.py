@@ -65,20 +65,24 @@ class CCNFExperts(nn.Module):
     def num_points(self) -> int:
         return self.visible.shape[1]
 
-    def sigma(self, window: int) -> torch.Tensor:
-        """(V, L, win², win²) CCNF Σ of every expert for a window size (computed once, in float64 on the CPU)."""
-        key = (window, self.weights.device, self.weights.dtype)
+    def sigma(self, window: int, view: int) -> torch.Tensor:
+        """(L, win², win²) CCNF Σ of a view's experts for a window size.
+
+        Built on first use of that (window, view), in float64 on the CPU, by Cholesky (the
+        precision ``2 (Σα I + Σ_k β_k S_k)`` is symmetric positive definite), then kept.
+        """
+        key = (window, view, self.weights.device, self.weights.dtype)
         if key not in self._sigmas:
             size = window * window
-            alpha_sum = self.alpha_sum.cpu().double()
+            alpha_sum = self.alpha_sum[view].cpu().double()                          # (L,)
             eye = torch.eye(size, dtype=torch.float64)
-            precision = alpha_sum[..., None, None] * eye
+            precision = alpha_sum[:, None, None] * eye
             comps = getattr(self, f"sigma_components_{window}", None)
             if comps is not None and comps.shape[0] == self.betas.shape[-1] and comps.shape[0] > 0:
-                precision = precision + torch.einsum("vlk,kpq->vlpq", self.betas.cpu().double(), comps.cpu().double())
+                precision = precision + torch.einsum("lk,kpq->lpq", self.betas[view].cpu().double(), comps.cpu().double())
             empty = alpha_sum == 0
-            precision = torch.where(empty[..., None, None], eye, 2 * precision)
-            sigma = torch.linalg.inv(precision).masked_fill(empty[..., None, None], 0)
+            precision = torch.where(empty[:, None, None], eye, 2 * precision)
+            sigma = torch.cholesky_inverse(torch.linalg.cholesky(precision)).masked_fill(empty[:, None, None], 0)
             self._sigmas[key] = sigma.to(self.weights.device, self.weights.dtype)
         return self._sigmas[key]
 
@@ -98,14 +102,13 @@ class CCNFExperts(nn.Module):
         """
         index = check_inputs(areas, view, self.num_points, self.num_views, landmarks)
         win = response_window(areas, self.support)
-        sigma = self.sigma(win)
 
         def compute(faces: torch.Tensor, v: int) -> torch.Tensor:
             stats = window_statistics(faces, self.support)
             z = normalised_correlation(stats, self.weights[v, index], self.bias[v, index],
                                        channels_last=True)                        # (F, L, N, win, win)
             summed = torch.einsum("ln,flnp->flp", 2 * self.alpha[v, index], torch.sigmoid(z.flatten(-2)))
-            maps = torch.einsum("lpq,flq->flp", sigma[v, index], summed)
+            maps = torch.einsum("lpq,flq->flp", self.sigma(win, v)[index], summed)
             maps = maps - maps.amin(-1, keepdim=True).clamp(max=0)
             return maps * self.visible[v, index, None].to(maps.dtype)
 
