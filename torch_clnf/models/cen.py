@@ -41,8 +41,8 @@ class CENExperts(nn.Module):
     """All CEN experts of one patch scale: areas → response maps for all landmarks at once.
 
     Each window position's 11×11 window is contrast-normalised (minus mean, over norm) and fed
-    through the expert's layers (``act(W x + b)``, the first layer also seeing a constant 1) as
-    one batched matmul over landmarks per layer. A landmark whose expert is empty in a view uses
+    through the expert's layers (``act(W x + b)``, the first layer also seeing a constant 1),
+    each layer one grouped convolution over all landmarks (a group per landmark). A landmark whose expert is empty in a view uses
     its mirror landmark's expert in the mirror view on the horizontally flipped area, and its
     map is flipped back. Landmarks invisible in the view get a zero map and ``visible = False``.
 
@@ -183,7 +183,9 @@ class CENExperts(nn.Module):
             count, points = faces.shape[:2]
             flip = self.flipped[v, index]
             faces = torch.where(flip[:, None, None], faces.flip(-1), faces)
-            layers = [(weight[index], bias[index]) for weight, bias in self.view_layers(v)]
+            layers = self.view_layers(v)
+            if landmarks is not None:          # a subset: gather its experts (all landmarks use the cached layers)
+                layers = [(weight[index], bias[index]) for weight, bias in layers]
             block = points
             if faces.device.type == "cpu" and self.tile_bytes:
                 block = max(1, min(points, self.tile_bytes // (count * win * win * widest * faces.element_size())))
