@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from . import openface
 from .openface import ModelFileError, OpenFaceModel, read_main_spec, read_model
@@ -119,9 +119,10 @@ def load_weights_file(path: str | Path) -> OpenFaceModel:
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
-        if metadata.get("format") != FORMAT:
-            raise ModelFileError(path, None, f"expected a {FORMAT} file, found format {metadata.get('format')!r}")
-        return _decode(json.loads(metadata["structure"]), load_file(str(path)))
+            if metadata.get("format") != FORMAT:
+                raise ModelFileError(path, None, f"expected a {FORMAT} file, found format {metadata.get('format')!r}")
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+        return _decode(json.loads(metadata["structure"]), tensors)
     except ModelFileError:
         raise
     except Exception as err:  # safetensors raises several types for a damaged file
