@@ -23,10 +23,9 @@ def _box(text: str) -> list[float]:
 
 
 def _image(args: argparse.Namespace) -> int:
-    import dataclasses
-
     import torch
 
+    from .fitting import FitConfig
     from .images import read_image
     from .landmark_model import load_model
     from .output import draw_landmarks, write_image_csv
@@ -47,9 +46,7 @@ def _image(args: argparse.Namespace) -> int:
             print(f"torch-clnf: error: {err}", file=sys.stderr)
             return 2
         names.append(str(path))
-    model = load_model(args.model, args.models, device=args.device)
-    if args.no_parts:
-        model.fitter.config = dataclasses.replace(model.fitter.config, refine_hierarchical=False)
+    model = load_model(args.model, args.models, device=args.device, config=FitConfig(refine_hierarchical=not args.no_parts))
     boxes = torch.tensor(args.box * len(images) if len(args.box) == 1 else args.box)
     start = time.perf_counter()
     result = model.fit(images, boxes)
