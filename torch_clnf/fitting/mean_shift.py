@@ -26,16 +26,16 @@ def mean_shift(maps: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, sigma: fl
     """
     size = maps.shape[-1]
     a = -0.5 / (sigma * sigma)
-    dx, dy = dx.clamp(0, size - step), dy.clamp(0, size - step)
-    snapped = [torch.floor(d / step + 0.5) * step for d in (dx, dy)]
-    weighted = maps * _axis_kernel(snapped[1], size, a)[..., :, None] * _axis_kernel(snapped[0], size, a)[..., None, :]
+    position = torch.stack([dx, dy], -1).clamp(0, size - step)                       # (B, n, 2) clamped
+    kernels = _axis_kernel(torch.floor(position / step + 0.5) * step, size, a)       # (B, n, 2, w): x, y
     k = torch.arange(size, dtype=maps.dtype, device=maps.device)
-    total = weighted.sum((-2, -1))
+    # the separable KDE as two small matmuls: [Σ, Σ·col; Σ·row, ·] = [ky; ky·k] · map · [kx, kx·k]
+    with_k = torch.stack([kernels, kernels * k], -2)                                # (B, n, 2 axes, 2, w)
+    sums = with_k[:, :, 1] @ maps @ with_k[:, :, 0].transpose(-1, -2)                # (B, n, 2, 2)
+    total = sums[..., 0, 0]
     safe = torch.where(total > 0, total, torch.ones_like(total))
-    mx = (weighted.sum(-2) * k).sum(-1) / safe
-    my = (weighted.sum(-1) * k).sum(-1) / safe
-    shift = torch.stack([mx - dx, my - dy], -1)
-    return torch.where((total > 0)[..., None], shift, torch.zeros_like(shift))
+    mean = torch.stack([sums[..., 0, 1], sums[..., 1, 0]], -1) / safe[..., None]     # (B, n, 2) x, y
+    return torch.where((total > 0)[..., None], mean - position, torch.zeros_like(position))
 
 
 def log_likelihood(maps: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, visible: torch.Tensor, sigma: float) -> torch.Tensor:

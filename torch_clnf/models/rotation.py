@@ -1,7 +1,43 @@
 """OpenFace's rotation conventions, batched: Euler angles (pitch, yaw, roll) ↔ matrices."""
 from __future__ import annotations
 
+import math
+
 import torch
+
+
+def _euler_terms() -> torch.Tensor:
+    """(27, 9): ``R = Rx(pitch) Ry(yaw) Rz(roll)`` as a linear map of the 27 products
+    ``u1[i] u2[j] u3[k]``, ``u = (1, sin, cos)`` of each angle; row ``9 i + 3 j + k``."""
+    one, sin, cos = 0, 1, 2
+    entries = ([((one, cos, cos), 1)],                                   # c2 c3
+               [((one, cos, sin), -1)],                                  # -c2 s3
+               [((one, sin, one), 1)],                                   # s2
+               [((cos, one, sin), 1), ((sin, sin, cos), 1)],             # c1 s3 + s1 s2 c3
+               [((cos, one, cos), 1), ((sin, sin, sin), -1)],            # c1 c3 - s1 s2 s3
+               [((sin, cos, one), -1)],                                  # -s1 c2
+               [((sin, one, sin), 1), ((cos, sin, cos), -1)],            # s1 s3 - c1 s2 c3
+               [((sin, one, cos), 1), ((cos, sin, sin), 1)],             # s1 c3 + c1 s2 s3
+               [((cos, cos, one), 1)])                                   # c1 c2
+    terms = torch.zeros(27, 9, dtype=torch.float64)
+    for entry, products in enumerate(entries):
+        for (i, j, k), sign in products:
+            terms[9 * i + 3 * j + k, entry] = sign
+    return terms
+
+
+_EULER_TERMS = _euler_terms()
+_PHASE = torch.tensor([0.0, math.pi / 2], dtype=torch.float64)                 # (sin, cos) = sin(θ + phase)
+_EULER_ENTRIES = torch.tensor([2, 5, 1, 8, 0, 4])      # flat indices of R02, R12, R01, R22, R00, R11
+_copies: dict[tuple, torch.Tensor] = {}
+
+
+def _constant(value: torch.Tensor, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A module constant on ``like``'s device (and dtype), converted once."""
+    key = (id(value), like.device, dtype or like.dtype)
+    if key not in _copies:
+        _copies[key] = value.to(like.device, dtype or like.dtype)
+    return _copies[key]
 
 
 def euler_to_matrix(euler: torch.Tensor) -> torch.Tensor:
@@ -12,32 +48,32 @@ def euler_to_matrix(euler: torch.Tensor) -> torch.Tensor:
     Returns:
         (..., 3, 3).
     """
-    s1, s2, s3 = torch.sin(euler).unbind(-1)
-    c1, c2, c3 = torch.cos(euler).unbind(-1)
-    s1s2, c1s2 = s1 * s2, c1 * s2
-    entries = (c2 * c3, -c2 * s3, s2,
-               c1 * s3 + c3 * s1s2, c1 * c3 - s1s2 * s3, -c2 * s1,
-               s1 * s3 - c1s2 * c3, c3 * s1 + c1s2 * s3, c1 * c2)
-    return torch.stack(entries, -1).unflatten(-1, (3, 3))
+    trig = torch.sin(euler[..., None] + _constant(_PHASE, euler))                 # (..., 3, 2) sin, cos per angle
+    u = torch.cat([torch.ones_like(trig[..., :1]), trig], -1)                    # (..., 3, 3) (1, sin, cos)
+    products = (u[..., 0, :, None, None] * u[..., 1, None, :, None] * u[..., 2, None, None, :]).flatten(-3)
+    return (products @ _constant(_EULER_TERMS, euler)).unflatten(-1, (3, 3))
 
 
 def matrix_to_euler(rotation: torch.Tensor) -> torch.Tensor:
-    """Euler angles (pitch, yaw, roll) of rotation matrices, through the quaternion as OpenFace does.
+    """Euler angles (pitch, yaw, roll) of rotation matrices, as OpenFace's quaternion route gives them.
+
+    For a rotation ``R = Rx Ry Rz`` OpenFace's quaternion formulas reduce to ``yaw = asin(R02)``,
+    ``pitch = atan2(-R12, R22)``, ``roll = atan2(-R01, R00)``; where OpenFace's quaternion is
+    undefined (``1 + trace(R) <= 0``, rotations of about 180°) it gives NaN and then all zeros,
+    and so does this.
 
     Args:
         rotation: (..., 3, 3).
     Returns:
-        (..., 3) radians; NaN (a degenerate matrix) becomes 0, as in OpenFace.
+        (..., 3) radians.
     """
-    r00, r01, r02, r10, r11, r12, r20, r21, r22 = rotation.flatten(-2).unbind(-1)
-    q0 = torch.sqrt(torch.clamp(1 + r00 + r11 + r22, min=0)) / 2
-    q1, q2, q3 = (torch.stack([r21 - r12, r02 - r20, r10 - r01], -1) / (4 * q0.unsqueeze(-1))).unbind(-1)
-    yaw = torch.asin(torch.clamp(2 * (q0 * q2 + q1 * q3), -1, 1))
-    q00, q11, q22, q33 = q0 * q0, q1 * q1, q2 * q2, q3 * q3
-    pitch = torch.atan2(2 * (q0 * q1 - q2 * q3), q00 - q11 - q22 + q33)
-    roll = torch.atan2(2 * (q0 * q3 - q1 * q2), q00 + q11 - q22 - q33)
-    euler = torch.stack((pitch, yaw, roll), -1)
-    return torch.where(torch.isnan(euler).any(-1, keepdim=True), torch.zeros_like(euler), euler)
+    picked = rotation.flatten(-2)[..., _constant(_EULER_ENTRIES, rotation, torch.long)]   # R02, R12, R01, R22, R00, R11
+    yaw = torch.asin(picked[..., 0].clamp(-1, 1))
+    pitch_roll = torch.atan2(-picked[..., 1:3], picked[..., 3:5])               # atan2(-R12, R22), atan2(-R01, R00)
+    euler = torch.stack([pitch_roll[..., 0], yaw, pitch_roll[..., 1]], -1)
+    defined = picked[..., 3:].sum(-1) > -1                                        # 1 + trace(R) > 0
+    return torch.where(defined[..., None], euler, torch.zeros_like(euler))
+
 
 
 # [v]× = (v @ _SKEW).view(3, 3): the 9 entries of the cross-product matrix as linear maps of v.
@@ -48,7 +84,7 @@ _SKEW = torch.tensor([[0, 0, 0, 0, 0, -1, 0, 1, 0],
 
 def skew(v: torch.Tensor) -> torch.Tensor:
     """(..., 3) → (..., 3, 3) cross-product matrices ``[v]×`` (``[v]× u = v × u``)."""
-    return (v @ _SKEW.to(v.device, v.dtype)).unflatten(-1, (3, 3))
+    return (v @ _constant(_SKEW, v)).unflatten(-1, (3, 3))
 
 
 def small_rotation(delta: torch.Tensor) -> torch.Tensor:
