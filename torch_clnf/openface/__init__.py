@@ -6,9 +6,10 @@ from .errors import ModelFileError
 from .model import OpenFaceModel, PartModel, read_model
 from .pdm import PDMData, read_pdm
 from .spec import MainSpec, ModelSpec, PartSpec, read_main_spec, read_model_spec
+from .validator import DetectionValidatorData, read_validator
 
 __all__ = [
-    "CCNFPatchExperts", "CENPatchExperts", "EarlyTermination", "MainSpec", "ModelFileError", "ModelSpec",
+    "CCNFPatchExperts", "CENPatchExperts", "DetectionValidatorData", "EarlyTermination", "MainSpec", "ModelFileError", "ModelSpec",
     "OpenFaceModel", "PDMData", "PartModel", "PartSpec", "read_ccnf", "read_cen", "read_early_termination",
-    "read_main_spec", "read_model", "read_model_spec", "read_pdm",
+    "read_main_spec", "read_model", "read_model_spec", "read_pdm", "read_validator",
 ]
