@@ -76,16 +76,15 @@ def test_jacobian_matches_finite_differences(pdm_data, rigid):
         torch.testing.assert_close(jac[..., column], (plus - minus) / (2 * eps), atol=1e-5, rtol=1e-5)
 
 
-def test_update_composes_rotations():
+def test_update_composes_rotations(pdm_data):
+    pdm = PointDistributionModel(pdm_data, torch.float64)
     g = torch.tensor([[1.0, 0.3, -0.5, 0.2, 10.0, 20.0]], dtype=torch.float64)
     delta = torch.tensor([[0.1, 0.02, -0.03, 0.01, 1.0, -2.0]], dtype=torch.float64)
-    data_free = PointDistributionModel.__new__(PointDistributionModel)
-    torch.nn.Module.__init__(data_free)
-    data_free.register_buffer("eigenvalues", torch.ones(0, dtype=torch.float64))
-    new_g, _ = data_free.update(g, torch.zeros(1, 0, dtype=torch.float64), delta)
+    new_g, _ = pdm.update(g, None, delta)
     expected = euler_to_matrix(g[:, 1:4]) @ small_rotation(delta[:, 1:4])
     torch.testing.assert_close(euler_to_matrix(new_g[:, 1:4]), expected)
     torch.testing.assert_close(new_g[:, [0, 4, 5]], g[:, [0, 4, 5]] + delta[:, [0, 4, 5]])
+    torch.testing.assert_close(pdm.rotate(euler_to_matrix(g[:, 1:4]), delta), expected)
 
 
 def test_euler_round_trip():

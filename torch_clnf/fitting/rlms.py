@@ -7,6 +7,7 @@ from typing import NamedTuple
 import torch
 
 from ..models import PointDistributionModel
+from ..models.rotation import euler_to_matrix, matrix_to_euler
 from .mean_shift import log_likelihood, mean_shift
 
 
@@ -72,11 +73,16 @@ def nu_rlms(pdm: PointDistributionModel, params_global: torch.Tensor, params_loc
     identity = torch.eye(len(prior), dtype=prior.dtype, device=prior.device)
     running = active.clone()
     failed = torch.zeros_like(active)
+    moved = torch.zeros_like(active)
     previous = None
     to_reference = frame.image_to_reference.transpose(1, 2)
     last = (pdm.project(params_global, params_local) - frame.base_shape) @ to_reference + centre   # for the likelihood
+    # the rotation is carried as a matrix through the iterations and read back as Euler angles at
+    # the end (OpenFace converts at every step: the same rotation, up to float rounding)
+    start_rotation = params_global[:, 1:4]
+    rotation = euler_to_matrix(start_rotation)
     for _ in range(iterations):
-        shape, jacobian = pdm.project_with_jacobian(params_global, params_local, rigid=rigid)      # (B, n, 2), (B, n, 2, k)
+        shape, jacobian = pdm.project_with_jacobian(params_global, params_local, rigid, rotation)  # (B, n, 2), (B, n, 2, k)
         if previous is not None:
             running = running & (torch.linalg.vector_norm((shape - previous).flatten(1), dim=1) >= convergence)
         if not bool(running.any()):
@@ -97,10 +103,14 @@ def nu_rlms(pdm: PointDistributionModel, params_global: torch.Tensor, params_loc
         unsolved = running & ((info != 0) | ~torch.isfinite(step).all(1))
         failed = failed | unsolved
         running = running & ~unsolved
-        new_global, new_local = pdm.update(params_global, params_local, step)
+        new_global, new_local = pdm.add_step(params_global, params_local, step)
         new_local = pdm.clamp(new_local, shape_sigmas)
         keep = running[:, None]
         params_global = torch.where(keep, new_global, params_global)
         params_local = torch.where(keep, new_local, params_local)
+        rotation = torch.where(keep[..., None], pdm.rotate(rotation, step), rotation)
+        moved = moved | running
+    euler = torch.where(moved[:, None], matrix_to_euler(rotation), start_rotation)
+    params_global = torch.cat([params_global[:, :1], euler, params_global[:, 4:]], 1)
     likelihood = log_likelihood(frame.maps, last[..., 0], last[..., 1], frame.visible, sigma)
     return PhaseResult(params_global, params_local, likelihood, failed)

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from ..openface import PDMData
-from .rotation import euler_to_matrix, matrix_to_euler, small_rotation
+from .rotation import euler_to_matrix, matrix_to_euler, skew, small_rotation
 
 
 class PointDistributionModel(nn.Module):
@@ -35,6 +35,8 @@ class PointDistributionModel(nn.Module):
         # the same basis laid out for matmuls: (m, n·3) and (3, n·m)
         self.register_buffer("_basis_by_mode", data.principal_components.permute(2, 0, 1).reshape(m, n * 3).to(dtype))
         self.register_buffer("_basis_by_axis", data.principal_components.permute(1, 0, 2).reshape(3, n * m).to(dtype))
+        self.register_buffer("_eye2", torch.eye(2, dtype=dtype), persistent=False)
+        self.register_buffer("_additive", torch.tensor([1.0, 0, 0, 0, 1, 1], dtype=dtype), persistent=False)
 
     @property
     def num_points(self) -> int:
@@ -76,29 +78,34 @@ class PointDistributionModel(nn.Module):
         return self.project_with_jacobian(params_global, params_local, rigid)[1]
 
     def project_with_jacobian(self, params_global: torch.Tensor, params_local: torch.Tensor | None = None,
-                              rigid: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                              rigid: bool = False, rotation: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`project` and :meth:`jacobian` together, sharing the shape and rotation.
 
+        Args:
+            rotation: (B, 3, 3) the rotation matrix of ``params_global`` when the caller has it
+                (iterations carry it, see :meth:`rotate`); its Euler angles are then not read.
         Returns:
             (B, n, 2) landmarks, pixels; (B, n, 2, 6 [+ m]) Jacobian.
         """
         batch, n = params_global.shape[0], self.num_points
         shape = self.shape_3d(self._local(params_global, params_local))              # (B, n, 3)
-        rotation = euler_to_matrix(params_global[:, 1:4])[:, :2]                      # (B, 2, 3)
+        if rotation is None:
+            rotation = euler_to_matrix(params_global[:, 1:4])
+        top = rotation[:, :2]                                                         # (B, 2, 3)
         scale = params_global[:, 0, None, None]
-        rotated = shape @ rotation.transpose(1, 2)                                    # (B, n, 2)
+        rotated = shape @ top.transpose(1, 2)                                         # (B, n, 2)
         landmarks = scale * rotated + params_global[:, None, 4:6]
-        # d(R (I + [δ]×) X)/dδ_k = R (e_k × X): with X = (x, y, z), e_x × X = (0, -z, y), e_y × X = (z, 0, -x), e_z × X = (-y, x, 0)
-        r = rotation.unsqueeze(1)                                                     # (B, 1, 2, 3)
-        x, y, z = shape[..., 0, None], shape[..., 1, None], shape[..., 2, None]       # (B, n, 1)
-        d_rot = torch.stack([r[..., 2] * y - r[..., 1] * z, r[..., 0] * z - r[..., 2] * x,
-                             r[..., 1] * x - r[..., 0] * y], -1)                      # (B, n, 2, 3)
-        eye = torch.eye(2, dtype=shape.dtype, device=shape.device).expand(batch, n, 2, 2)
-        columns = [rotated.unsqueeze(-1), scale[..., None] * d_rot, eye]
+        # d(R (I + [δ]×) X)/dδ = R [δ ↦ δ × X] = -R [X]×, one small matmul per point
+        d_rot = top[:, None] @ skew(-scale * shape)                                   # (B, n, 2, 3)
+        columns = [rotated.unsqueeze(-1), d_rot, self._translation_columns(batch)]
         if not rigid:
-            local = (rotation @ self._basis_by_axis).view(batch, 2, n, -1).transpose(1, 2)   # (B, n, 2, m)
+            local = (top @ self._basis_by_axis).view(batch, 2, n, -1).transpose(1, 2)   # (B, n, 2, m)
             columns.append(scale[..., None] * local)
         return landmarks, torch.cat(columns, -1)
+
+    def _translation_columns(self, batch: int) -> torch.Tensor:
+        """(B, n, 2, 2) identity blocks: d landmarks / d (tx, ty)."""
+        return self._eye2.expand(batch, self.num_points, 2, 2)
 
     def update(self, params_global: torch.Tensor, params_local: torch.Tensor | None,
                delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,12 +114,24 @@ class PointDistributionModel(nn.Module):
         Scale and translation are added; the rotation is composed, ``R_new = R · R(δ)``, and
         turned back into Euler angles. Returns the new (B, 6) global and (B, m) local params.
         """
+        rotation = self.rotate(euler_to_matrix(params_global[:, 1:4]), delta)
+        new_global, new_local = self.add_step(params_global, params_local, delta)
+        new_global = torch.cat([new_global[:, :1], matrix_to_euler(rotation), new_global[:, 4:]], 1)
+        return new_global, new_local
+
+    def add_step(self, params_global: torch.Tensor, params_local: torch.Tensor | None,
+                 delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The additive part of :meth:`update`: scale, translation and local params (the
+        rotation entries of the global params are left as they are; see :meth:`rotate`)."""
         local = self._local(params_global, params_local)
-        rotation = euler_to_matrix(params_global[:, 1:4]) @ small_rotation(delta[:, 1:4])
-        new_global = torch.cat([params_global[:, :1] + delta[:, :1], matrix_to_euler(rotation),
-                                params_global[:, 4:6] + delta[:, 4:6]], 1)
+        new_global = params_global + delta[:, :6] * self._additive
         new_local = local + delta[:, 6:] if delta.shape[1] > 6 else local
         return new_global, new_local
+
+    @staticmethod
+    def rotate(rotation: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """(B, 3, 3) rotations composed with a step's small rotation ``delta[:, 1:4]``: ``R · R(δ)``."""
+        return rotation @ small_rotation(delta[:, 1:4])
 
     def clamp(self, params_local: torch.Tensor, n_sigmas: float = 3.0) -> torch.Tensor:
         """Local params limited to ± n_sigmas standard deviations of each mode."""
@@ -171,7 +190,10 @@ class PointDistributionModel(nn.Module):
         local = landmarks.new_zeros(batch, self.num_modes)
 
         prior = torch.cat([landmarks.new_zeros(6), 1 / self.eigenvalues])
-        projected, jacobian = self.project_with_jacobian(params, local)
+        start_rotation = params[:, 1:4]
+        rotation = euler_to_matrix(start_rotation)                  # carried as a matrix, as in nu_rlms
+        moved = torch.zeros(batch, dtype=torch.bool, device=landmarks.device)
+        projected, jacobian = self.project_with_jacobian(params, local, rotation=rotation)
         weight2 = weight.repeat_interleave(2, 1)[..., None]                          # (B, 2n, 1)
         current = torch.sqrt((((projected - landmarks) ** 2).sum(-1) * weight).sum(1))
         stalls = torch.zeros(batch, dtype=torch.long, device=landmarks.device)
@@ -190,14 +212,18 @@ class PointDistributionModel(nn.Module):
             unsolved = active & ((info != 0) | ~torch.isfinite(step).all(1))    # degenerate landmarks: stop there
             stalls = torch.where(unsolved, torch.full_like(stalls, 3), stalls)
             active = active & ~unsolved
-            new_params, new_local = self.update(params, local, step)
-            new_projected, new_jacobian = self.project_with_jacobian(new_params, new_local)
+            new_rotation = self.rotate(rotation, step)
+            new_params, new_local = self.add_step(params, local, step)
+            new_projected, new_jacobian = self.project_with_jacobian(new_params, new_local, rotation=new_rotation)
             new_error = torch.sqrt((((new_projected - landmarks) ** 2).sum(-1) * weight).sum(1))
             keep = active[:, None]
             params = torch.where(keep, new_params, params)
             local = torch.where(keep, new_local, local)
             projected = torch.where(keep[..., None], new_projected, projected)
             jacobian = torch.where(keep[..., None, None], new_jacobian, jacobian)
+            rotation = torch.where(keep[..., None], new_rotation, rotation)
+            moved = moved | active
             stalls = stalls + (active & (0.999 * current < new_error)).long()
             current = torch.where(active, new_error, current)
-        return params, local
+        euler = torch.where(moved[:, None], matrix_to_euler(rotation), start_rotation)
+        return torch.cat([params[:, :1], euler, params[:, 4:]], 1), local
