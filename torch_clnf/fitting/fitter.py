@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from ..models import CCNFExperts, CENExperts, PointDistributionModel
+from ..models.sync import syncs_cheaply
 from ..openface import OpenFaceModel
 from .config import FitConfig
 from .rlms import ResponseFrame, nu_rlms
@@ -105,7 +106,7 @@ class ModelFitter(nn.Module):
         likelihood = params_global.new_zeros(batch)
         view = torch.zeros(batch, dtype=torch.long, device=params_global.device)
         for scale, window in enumerate(window_sizes[: len(self.experts)]):
-            if window == 0 or not bool(active.any()):
+            if window == 0 or (syncs_cheaply(active) and not bool(active.any())):
                 continue
             sigma, reg, weight_factor = cfg.at_scale(self.patch_scales[min(scale, 2)])
             frame, view_now = self.responses(padded, image_index, params_global, params_local, scale, window, weight_factor)
@@ -146,13 +147,13 @@ class ModelFitter(nn.Module):
             given[:, part_index] = True
             g, p = part.pdm.params_from_landmarks(part_landmarks, given)
             use = active & (state.params_global[:, 0] > 0.9 * part.patch_scales[0])
-            if bool(use.any()):
+            if not syncs_cheaply(use) or bool(use.any()):
                 fitted = part.fit(padded, image_index, g, p, part.config.window_sizes, use)
                 g, p = fitted.params_global, fitted.params_local
             refined = part.pdm.project(g, p)
             landmarks[:, main_index] = torch.where(active[:, None, None], refined[:, part_index], landmarks[:, main_index])
             used_any = used_any | use
-        if bool(used_any.any()):
+        if not syncs_cheaply(used_any) or bool(used_any.any()):
             g, p = self.pdm.params_from_landmarks(landmarks)
             keep = used_any[:, None]
             state.params_global = torch.where(keep, g, state.params_global)

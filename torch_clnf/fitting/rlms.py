@@ -8,6 +8,7 @@ import torch
 
 from ..models import PointDistributionModel
 from ..models.rotation import euler_to_matrix, matrix_to_euler
+from ..models.sync import syncs_cheaply
 from .mean_shift import log_likelihood, mean_shift
 
 
@@ -85,7 +86,7 @@ def nu_rlms(pdm: PointDistributionModel, params_global: torch.Tensor, params_loc
         shape, jacobian = pdm.project_with_jacobian(params_global, params_local, rigid, rotation)  # (B, n, 2), (B, n, 2, k)
         if previous is not None:
             running = running & (torch.linalg.vector_norm((shape - previous).flatten(1), dim=1) >= convergence)
-        if not bool(running.any()):
+        if syncs_cheaply(running) and not bool(running.any()):
             break
         previous = shape
         position = (shape - frame.base_shape) @ to_reference + centre                # (B, n, 2) map pixels

@@ -13,6 +13,8 @@ from typing import Callable, NamedTuple
 import torch
 import torch.nn.functional as F
 
+from .sync import syncs_cheaply
+
 
 class PatchResponse(NamedTuple):
     """Response maps of a batch of faces.
@@ -96,7 +98,7 @@ def check_inputs(areas: torch.Tensor, view: torch.Tensor, num_points: int, num_v
         raise ValueError(f"areas: expected (B, L, H, W), found shape {tuple(areas.shape)}")
     if view.shape != areas.shape[:1]:
         raise ValueError(f"view: expected shape ({areas.shape[0]},), one view per face, found {tuple(view.shape)}")
-    if view.numel() and not (0 <= int(view.min()) and int(view.max()) < num_views):
+    if view.numel() and syncs_cheaply(view) and not (0 <= int(view.min()) and int(view.max()) < num_views):
         raise ValueError(f"view: expected indices in [0, {num_views}), found {view.tolist()}")
     if landmarks is None:
         if areas.shape[1] != num_points:
@@ -111,13 +113,19 @@ def per_view(view: torch.Tensor, areas: torch.Tensor, out_shape: tuple[int, ...]
              compute: Callable[[torch.Tensor, int], torch.Tensor]) -> torch.Tensor:
     """Run ``compute(areas_of_faces_in_view, view)`` once per distinct view and gather the results.
 
-    A batch of faces in one view is one call; faces are never looped over one by one.
+    A batch of faces in one view is one call; faces are never looped over one by one. The
+    faces are grouped by sorting on their view, with one read of the per-view counts.
     """
-    views = view.unique().tolist()
-    if len(views) == 1:
-        return compute(areas, views[0])
+    counts = torch.bincount(view, minlength=1).tolist()
+    present = [v for v, c in enumerate(counts) if c]
+    if len(present) == 1:
+        return compute(areas, present[0])
+    order = torch.argsort(view, stable=True)
     out = areas.new_empty(out_shape)
-    for v in views:
-        faces = (view == v).nonzero().squeeze(1)
-        out[faces] = compute(areas[faces], v)
+    start = 0
+    for v, count in enumerate(counts):
+        if count:
+            faces = order[start: start + count]
+            out[faces] = compute(areas[faces], v)
+            start += count
     return out
