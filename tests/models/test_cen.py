@@ -99,7 +99,9 @@ def test_large_layers_and_float32(tmp_path, device):
             np.testing.assert_allclose(exact.maps[b, i].numpy(), reference_response(written, int(view[b]), i, areas[b, i]), atol=1e-6, rtol=0)
     fast = CENExperts(read_cen(written.path)).to(device)(torch.from_numpy(areas).float().to(device), view.to(device))
     assert fast.maps.dtype == torch.float32
-    torch.testing.assert_close(fast.maps.cpu().double(), exact.maps, atol=1e-4, rtol=0)
+    # cuDNN convolves float32 in TF32 by default (10-bit mantissa): a few 1e-4 off on CUDA.
+    tolerance = 5e-4 if device.type == "cuda" and torch.backends.cudnn.allow_tf32 else 1e-4
+    torch.testing.assert_close(fast.maps.cpu().double(), exact.maps, atol=tolerance, rtol=0)
 
 
 def test_batch_equals_one_at_a_time_and_subsets(written):
