@@ -14,28 +14,11 @@ from pathlib import Path
 import numpy as np
 
 from .binary import BinaryReader
+from .cnn import CNNLayer, read_conv, read_fully_connected
 
 CNN_VALIDATOR_TYPE = 3
 CONV, MAX_POOL, FULLY_CONNECTED, RELU, SIGMOID = 0, 1, 2, 3, 4
 LAYER_NAMES = {CONV: "conv", MAX_POOL: "max_pool", FULLY_CONNECTED: "fully_connected", RELU: "relu", SIGMOID: "sigmoid"}
-
-
-@dataclass
-class ValidatorLayer:
-    """One CNN layer.
-
-    Attributes:
-        kind: ``"conv"`` (valid cross-correlation, stride 1), ``"max_pool"`` (2×2, stride 2,
-            a partial last window kept), ``"fully_connected"``, ``"relu"`` or ``"sigmoid"``.
-        weight: conv: (out, in, kh, kw) float32, ``out[k] = Σ_in weight[k, in] ⋆ map[in] + bias[k]``;
-            fully connected: (in, out) float32 as stored, ``out = weightᵀ · x + bias`` with ``x``
-            the input maps each flattened column by column, then concatenated. None otherwise.
-        bias: (out,) float32, or None.
-    """
-
-    kind: str
-    weight: np.ndarray | None = None
-    bias: np.ndarray | None = None
 
 
 @dataclass
@@ -82,7 +65,7 @@ class ValidatorView:
     orientation: np.ndarray
     mean: np.ndarray
     std: np.ndarray
-    layers: list[ValidatorLayer]
+    layers: list[CNNLayer]
     warp: PiecewiseAffineWarp
 
     @property
@@ -106,37 +89,7 @@ class DetectionValidatorData:
         return np.stack([v.orientation for v in self.views])
 
 
-def _read_float32s(reader: BinaryReader, count: int, what: str) -> np.ndarray:
-    """``count`` raw float32 values (read as int32 bit patterns, reinterpreted)."""
-    bits = np.array([reader.int32(f"{what} {k}") for k in range(count)], "<i4")
-    return bits.view("<f4").astype(np.float32)
-
-
-def _read_conv(reader: BinaryReader, what: str) -> ValidatorLayer:
-    maps_in = reader.count(f"{what} input maps", 1, 4096)
-    kernels = reader.count(f"{what} kernels", 1, 4096)
-    bias = _read_float32s(reader, kernels, f"{what} bias")
-    shape: tuple[int | None, int | None] = (None, None)
-    stored = []                                         # input-major, as in the file
-    for i in range(maps_in):
-        for k in range(kernels):
-            at = reader.offset
-            kernel = reader.matrix(f"{what} kernel (input {i}, output {k})", 5, shape)
-            if kernel.size == 0:
-                raise reader.error(f"{what}: expected a non-empty kernel, found {kernel.shape}", at)
-            shape = kernel.shape
-            stored.append(kernel)
-    weight = np.ascontiguousarray(np.stack(stored).reshape(maps_in, kernels, *shape).transpose(1, 0, 2, 3))
-    return ValidatorLayer("conv", weight, bias)
-
-
-def _read_fully_connected(reader: BinaryReader, what: str) -> ValidatorLayer:
-    bias = reader.matrix(f"{what} biases", 5, (None, 1))[:, 0]
-    weight = reader.matrix(f"{what} weights", 5, (None, bias.shape[0]))
-    return ValidatorLayer("fully_connected", weight, bias)
-
-
-def _check_network(reader: BinaryReader, layers: list[ValidatorLayer], size: tuple[int, int], what: str, at: int) -> None:
+def _check_network(reader: BinaryReader, layers: list[CNNLayer], size: tuple[int, int], what: str, at: int) -> None:
     """Raise unless the layers take a (1, H, W) map to one vector of bins as OpenFace would."""
     maps, (h, w), flat = 1, size, False
     last_fc_input_maps = None
@@ -214,11 +167,11 @@ def _read_view(reader: BinaryReader, v: int, orientation: np.ndarray) -> Validat
         at = reader.offset
         kind = reader.int32(f"{what} layer {n} type")
         if kind == CONV:
-            layers.append(_read_conv(reader, f"{what} layer {n} (conv)"))
+            layers.append(read_conv(reader, f"{what} layer {n} (conv)"))
         elif kind == FULLY_CONNECTED:
-            layers.append(_read_fully_connected(reader, f"{what} layer {n} (fully connected)"))
+            layers.append(read_fully_connected(reader, f"{what} layer {n} (fully connected)"))
         elif kind in LAYER_NAMES:
-            layers.append(ValidatorLayer(LAYER_NAMES[kind]))
+            layers.append(CNNLayer(LAYER_NAMES[kind]))
         else:
             raise reader.error(f"{what} layer {n}: expected a layer type in 0..4, found {kind}", at)
     warp = _read_warp(reader, f"{what} warp")
