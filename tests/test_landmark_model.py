@@ -105,12 +105,22 @@ def test_bad_inputs_give_clear_errors(model, tmp_path):
 
 def test_faces_that_fail_are_reported(model):
     """A box far too small for the experts, a zero-size box, and a blank image: no exception,
-    success False for the failed faces, and no NaN in any face's output."""
+    success False for the failed faces, and no NaN in any face's output. The fit on the blank
+    image converges (OpenFace's fit succeeds) but the validator sees no face there."""
     blank = np.zeros((240, 320), np.uint8)
     result = model.fit([blank, blank, blank], torch.tensor([[100.0, 100.0, 8.0, 8.0], [40.0, 40.0, 150.0, 150.0],
                                                             [10.0, 10.0, 0.0, 0.0]]), image_index=[0, 1, 2])
-    assert result.success.tolist() == [False, True, False]
+    assert result.success.tolist() == [False, False, False]
+    assert result.confidence[0] == 0 and result.confidence[2] == 0            # failed fits are not validated
+    assert 0 < result.confidence[1] < 0.725
     assert torch.isfinite(result.landmarks[:2]).all() and torch.isfinite(result.params_global[:2]).all()
+    validate = dataclasses.replace(model.config, validate=False)
+    config, model.config = model.config, validate
+    try:
+        unvalidated = model.fit([blank], torch.tensor([[40.0, 40.0, 150.0, 150.0]]))
+    finally:
+        model.config = config
+    assert unvalidated.success.tolist() == [True] and unvalidated.confidence.tolist() == [1.0]
 
 
 def test_float64_and_config(models_dir, media_dir, reference_dir, tmp_path):

@@ -1,6 +1,7 @@
 """Turning user images (paths, arrays, tensors; any sizes) into one batch of grey images."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence, Union
 
@@ -21,11 +22,11 @@ def read_image(path: str | Path) -> np.ndarray:
     return image
 
 
-def to_grey(image: ImageLike) -> torch.Tensor:
-    """One image → (H, W) float32 grey levels 0–255, converted as OpenFace does (OpenCV's BGR→grey).
+def as_array(image: ImageLike) -> np.ndarray:
+    """One image as OpenCV holds it: (H, W) grey or (H, W, 3) BGR, uint8 or float32; checked.
 
-    Accepts a path; a NumPy array (H, W) grey or (H, W, 3) BGR, uint8 or float; a tensor (H, W)
-    grey or (3, H, W) BGR.
+    Accepts a path; a NumPy array (H, W) grey or (H, W, 3) BGR; a tensor (H, W) grey or
+    (3, H, W) BGR. Raises ValueError for other shapes, empty images and NaN / infinite pixels.
     """
     if isinstance(image, (str, Path)):
         image = read_image(image)
@@ -45,26 +46,63 @@ def to_grey(image: ImageLike) -> torch.Tensor:
         image = image.astype(np.float32)
         if not np.isfinite(image).all():
             raise ValueError("the image has NaN or infinite pixels")
+    return image
+
+
+def to_grey(image: ImageLike) -> torch.Tensor:
+    """One image → (H, W) float32 grey levels 0–255, converted as OpenFace does (OpenCV's BGR→grey)."""
+    image = as_array(image)
     if image.ndim == 3:
         image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
     return torch.from_numpy(np.ascontiguousarray(image).astype(np.float32))
 
 
-def batch_images(images: Sequence[ImageLike] | ImageLike, device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32, margin: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images of any sizes → one grey batch and their (N, 2) (width, height).
+@dataclass
+class ImageBatch:
+    """Images prepared once for detection, fitting and validation.
 
-    The batch is (N, H + 2·margin, W + 2·margin) for the largest H and W: each image at
-    (margin, margin), zeros elsewhere.
+    Attributes:
+        originals: the N images as OpenCV arrays ((H, W) grey or (H, W, 3) BGR), for the detector.
+        padded: (N, H + 2·margin, W + 2·margin) grey, each image at (margin, margin), zeros elsewhere.
+        sizes: (N, 2) (width, height) pixels.
+        margin: the zero border, pixels.
     """
+
+    originals: list[np.ndarray]
+    padded: torch.Tensor
+    sizes: torch.Tensor
+    margin: int
+
+    def __len__(self) -> int:
+        return len(self.originals)
+
+    def grey(self, k: int) -> torch.Tensor:
+        """(H, W) the grey levels of image k (a view into ``padded``)."""
+        width, height = (int(v) for v in self.sizes[k].tolist())
+        m = self.margin
+        return self.padded[k, m: m + height, m: m + width]
+
+
+def prepare_images(images: Sequence[ImageLike] | ImageLike | ImageBatch, device: torch.device | str = "cpu",
+                   dtype: torch.dtype = torch.float32, margin: int = 0) -> ImageBatch:
+    """Images of any sizes → an :class:`ImageBatch` (an ImageBatch already on ``device`` passes through).
+
+    Raises ValueError naming the image that is empty, unreadable, NaN or of a wrong shape.
+    """
+    if isinstance(images, ImageBatch):
+        if images.margin != margin:
+            return prepare_images(images.originals, device, dtype, margin)
+        return ImageBatch(images.originals, images.padded.to(device, dtype), images.sizes.to(device, dtype), margin)
     if isinstance(images, (str, Path, np.ndarray, torch.Tensor)):
         images = [images]
     if len(images) == 0:
         raise ValueError("expected at least one image")
-    greys = []
+    originals, greys = [], []
     for k, image in enumerate(images):
         try:
-            greys.append(to_grey(image))
+            original = as_array(image)
+            originals.append(original)
+            greys.append(to_grey(original))
         except ValueError as err:
             raise ValueError(f"image {k}: {err}") from None
     height = max(g.shape[0] for g in greys)
@@ -73,4 +111,11 @@ def batch_images(images: Sequence[ImageLike] | ImageLike, device: torch.device |
     for k, grey in enumerate(greys):
         batch[k, margin: margin + grey.shape[0], margin: margin + grey.shape[1]] = grey
     sizes = torch.tensor([[g.shape[1], g.shape[0]] for g in greys], dtype=dtype)
-    return batch.to(device), sizes.to(device)
+    return ImageBatch(originals, batch.to(device), sizes.to(device), margin)
+
+
+def batch_images(images: Sequence[ImageLike] | ImageLike, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32, margin: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images of any sizes → one (N, H + 2·margin, W + 2·margin) grey batch and their (N, 2) (width, height)."""
+    batch = prepare_images(images, device, dtype, margin)
+    return batch.padded, batch.sizes

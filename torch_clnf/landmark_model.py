@@ -3,16 +3,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Sequence
+from typing import Sequence, Union
 
+import numpy as np
 import torch
 from torch import nn
 
 from .fitting import ROTATION_HYPOTHESES, FitConfig, FitState, ModelFitter
 from .fitting.sampling import MARGIN
-from .images import ImageLike, batch_images
-from .openface import OpenFaceModel
-from .weights import load_weights
+from .images import ImageBatch, ImageLike, as_array, prepare_images
+from .openface import ModelFileError, OpenFaceModel, read_main_spec
+from .weights import load_weights, resolve_spec
+
+Images = Union[Sequence[ImageLike], ImageLike, ImageBatch]
 
 
 @dataclass
@@ -25,8 +28,10 @@ class FitResult:
         pose: (B, 6) (Tx, Ty, Tz) millimetres and (Rx, Ry, Rz) radians, OpenFace's pose columns.
         params_global: (B, 6) (scale, pitch, yaw, roll, tx, ty).
         params_local: (B, m) shape-mode weights.
-        confidence: (B,) 0–1 (1 for a successful fit until a validator is configured).
-        success: (B,) bool; False where the fit failed (too small, non-finite).
+        confidence: (B,) 0–1, OpenFace's detection certainty: the validator's score of the fitted
+            face (0 where the fit itself failed; 1 for a successful fit when no validator is used).
+        success: (B,) bool; False where the fit failed (too small, non-finite) or the validator's
+            certainty is not above ``FitConfig.validation_boundary``.
         likelihood: (B,) OpenFace's model likelihood (higher is better).
         image_index: (B,) the image each face belongs to.
     """
@@ -49,6 +54,11 @@ class FitResult:
         if isinstance(index, int):
             index = slice(index, index + 1)
         return FitResult(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+
+    @staticmethod
+    def cat(results: Sequence["FitResult"]) -> "FitResult":
+        """The faces of several results, in order (``image_index`` is kept as it is)."""
+        return FitResult(**{f.name: torch.cat([getattr(r, f.name) for r in results]) for f in fields(FitResult)})
 
 
 def camera(sizes: torch.Tensor) -> torch.Tensor:
@@ -78,13 +88,16 @@ class LandmarkModel(nn.Module):
         torch.Size([1, 68, 2])
     """
 
-    def __init__(self, model: OpenFaceModel, config: FitConfig | None = None, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, model: OpenFaceModel, config: FitConfig | None = None, dtype: torch.dtype = torch.float32,
+                 validator: nn.Module | None = None, detector: nn.Module | None = None) -> None:
         super().__init__()
         config = config or FitConfig()
         self.name = model.name
         self.is_ceclm = bool(model.cen)
         self.config = config.for_ceclm() if self.is_ceclm else config
         self.fitter = ModelFitter(model, self.config, dtype)
+        self.validator = validator
+        self.detector = detector
 
     @property
     def device(self) -> torch.device:
@@ -94,13 +107,27 @@ class LandmarkModel(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.fitter.pdm.mean_shape.dtype
 
-    def _images(self, images: Sequence[ImageLike] | ImageLike) -> tuple[torch.Tensor, torch.Tensor]:
-        return batch_images(images, self.device, self.dtype, margin=MARGIN)   # padded as the sampler reads it
+    def prepare(self, images: Images) -> ImageBatch:
+        """Images converted once (grey, padded, on the model's device) for several calls."""
+        return prepare_images(images, self.device, self.dtype, margin=MARGIN)   # padded as the sampler reads it
 
-    def _result(self, state: FitState, sizes: torch.Tensor, image_index: torch.Tensor) -> FitResult:
+    def _certainty(self, state: FitState, batch: ImageBatch, image_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B,) confidence and success as OpenFace's ``DetectLandmarks``: the validator scores fits that succeeded."""
+        fitted = state.success
+        if self.validator is None or not self.config.validate:
+            return fitted.to(self.dtype), fitted
+        certainty = state.params_global.new_zeros(fitted.shape)
+        if bool(fitted.any()):
+            faces = fitted.nonzero().squeeze(1)
+            scores = self.validator.score(batch.padded, image_index[faces], state.landmarks[faces],
+                                          state.params_global[faces, 1:4], sizes=batch.sizes, margin=batch.margin)
+            certainty[faces] = scores.to(certainty.dtype)
+        return certainty, fitted & (certainty > self.config.validation_boundary)
+
+    def _result(self, state: FitState, batch: ImageBatch, image_index: torch.Tensor) -> FitResult:
         pdm = self.fitter.pdm
         g, p = state.params_global, state.params_local
-        intrinsics = camera(sizes)[image_index]                                       # (B, 3)
+        intrinsics = camera(batch.sizes)[image_index]                                 # (B, 3)
         f, cx, cy = intrinsics.unbind(1)
         depth = f / g[:, 0]
         unit = g.clone()                                   # the shape rotated, unscaled, untranslated
@@ -110,22 +137,53 @@ class LandmarkModel(nn.Module):
         landmarks_3d = torch.stack([z * (landmarks[..., 0] - cx[:, None]) / f[:, None],
                                     z * (landmarks[..., 1] - cy[:, None]) / f[:, None], z], -1)
         pose = torch.stack([(g[:, 4] - cx) * depth / f, (g[:, 5] - cy) * depth / f, depth, g[:, 1], g[:, 2], g[:, 3]], 1)
-        confidence = state.success.to(g.dtype)
-        return FitResult(landmarks, landmarks_3d, pose, g, p, confidence, state.success, state.likelihood, image_index)
+        confidence, success = self._certainty(state, batch, image_index)
+        return FitResult(landmarks, landmarks_3d, pose, g, p, confidence, success, state.likelihood, image_index)
+
+    def _empty(self, batch: ImageBatch) -> FitResult:
+        """A result with no faces."""
+        pdm = self.fitter.pdm
+        zeros = pdm.mean_shape.new_zeros
+        state = FitState(zeros(0, 6), zeros(0, pdm.num_modes), zeros(0, pdm.num_points, 2), zeros(0),
+                         torch.zeros(0, dtype=torch.bool, device=self.device),
+                         torch.zeros(0, dtype=torch.long, device=self.device))
+        return self._result(state, batch, torch.zeros(0, dtype=torch.long, device=self.device))
 
     @torch.inference_mode()
-    def fit(self, images: Sequence[ImageLike] | ImageLike, boxes: torch.Tensor | Sequence[Sequence[float]],
+    def detect(self, images: Images) -> list:
+        """Faces found by the MTCNN detector: per image a :class:`torch_clnf.detect.Detections`
+        (``boxes`` (N, 4) x, y, width, height pixels as OpenFace corrects them for CLNF, largest first;
+        ``confidence`` (N,)). An image without a face gives N = 0."""
+        if self.detector is None:
+            raise RuntimeError("this model has no face detector: load it with load_model(..., detector=True) from a "
+                               "model folder that holds mtcnn_detector/MTCNN_detector.txt, or pass boxes")
+        if isinstance(images, ImageBatch):
+            return self.detector.detect(images.originals)
+        if isinstance(images, (str, Path, np.ndarray, torch.Tensor)):
+            images = [images]
+        return self.detector.detect([as_array(image) for image in images])
+
+    @torch.inference_mode()
+    def fit(self, images: Images, boxes: torch.Tensor | Sequence[Sequence[float]] | None = None,
             image_index: torch.Tensor | Sequence[int] | None = None, multi_view: bool = False) -> FitResult:
         """Fit faces from boxes, as OpenFace's ``DetectLandmarksInImage``.
 
         Args:
             images: paths, arrays or tensors of any sizes (grey, or BGR as OpenCV reads them).
-            boxes: (B, 4) face boxes ``(x, y, width, height)``, pixels.
+            boxes: (B, 4) face boxes ``(x, y, width, height)``, pixels; None: every face the
+                detector finds (``image_index`` then says whose; no face in any image gives B = 0).
             image_index: (B,) the image of each box (default: box k is in image k).
             multi_view: also try 10 other head rotations and keep the most likely fit (as
                 OpenFace does when it first finds a face in a video); 11 times the work.
         """
-        grey, sizes = self._images(images)
+        batch = self.prepare(images)
+        if boxes is None:
+            found = self.detect(batch)
+            image_index = [k for k, d in enumerate(found) for _ in range(len(d.boxes))]
+            if not image_index:
+                return self._empty(batch)
+            boxes = torch.cat([d.boxes for d in found])
+        grey = batch.padded
         boxes = torch.as_tensor(boxes, dtype=self.dtype, device=self.device)
         if boxes.shape[-1:] != (4,) or boxes.dim() > 2:
             raise ValueError(f"boxes: expected (B, 4) x, y, width, height, found shape {tuple(boxes.shape)}")
@@ -135,7 +193,7 @@ class LandmarkModel(nn.Module):
         if not multi_view:
             g = fitter.pdm.params_from_box(boxes)
             state = fitter.fit(grey, index, g, g.new_zeros(g.shape[0], fitter.pdm.num_modes), self.config.window_sizes)
-            return self._result(state, sizes, index)
+            return self._result(state, batch, index)
         hypotheses = torch.tensor(ROTATION_HYPOTHESES, dtype=self.dtype, device=self.device)   # (H, 3)
         count, h = boxes.shape[0], hypotheses.shape[0]
         g = fitter.pdm.params_from_box(boxes.repeat_interleave(h, 0), hypotheses.repeat(count, 1))
@@ -147,10 +205,10 @@ class LandmarkModel(nn.Module):
                           state.likelihood[best], state.success[best], state.view[best])
         if self.config.refine_hierarchical and len(fitter.parts):
             chosen = fitter.refine_parts(grey, index, chosen, chosen.success)
-        return self._result(chosen, sizes, index)
+        return self._result(chosen, batch, index)
 
     @torch.inference_mode()
-    def refine(self, images: Sequence[ImageLike] | ImageLike, landmarks: torch.Tensor,
+    def refine(self, images: Images, landmarks: torch.Tensor,
                image_index: torch.Tensor | Sequence[int] | None = None,
                window_sizes: tuple[int, ...] | None = None) -> FitResult:
         """Fit faces starting from given landmarks (e.g. another detector's output).
@@ -161,32 +219,37 @@ class LandmarkModel(nn.Module):
         Args:
             landmarks: (B, n, 2) pixels in OpenFace's 68-point order.
         """
-        grey, sizes = self._images(images)
+        batch = self.prepare(images)
+        grey = batch.padded
         landmarks = torch.as_tensor(landmarks, dtype=self.dtype, device=self.device)
         if landmarks.dim() != 3 or landmarks.shape[1:] != (self.fitter.pdm.num_points, 2):
             raise ValueError(f"landmarks: expected (B, {self.fitter.pdm.num_points}, 2), found {tuple(landmarks.shape)}")
         index = _as_index(image_index, landmarks.shape[0], grey.shape[0], self.device)
         g, p = self.fitter.pdm.params_from_landmarks(landmarks)
         state = self.fitter.fit(grey, index, g, p, window_sizes or self.config.tracking_window_sizes)
-        return self._result(state, sizes, index)
+        return self._result(state, batch, index)
 
     @torch.inference_mode()
-    def track(self, images: Sequence[ImageLike] | ImageLike, previous: FitResult,
-              image_index: torch.Tensor | Sequence[int] | None = None) -> FitResult:
+    def track(self, images: Images, previous: FitResult,
+              image_index: torch.Tensor | Sequence[int] | None = None,
+              window_sizes: tuple[int, ...] | None = None) -> FitResult:
         """Fit faces in the next frames starting from their previous fits (OpenFace's tracking).
 
-        Faces whose previous fit succeeded use the tracking window sizes; the others the full ones.
+        Faces whose previous fit succeeded use the tracking window sizes (or ``window_sizes``);
+        the others the full ones.
         """
-        grey, sizes = self._images(images)
+        batch = self.prepare(images)
+        grey = batch.padded
         index = _as_index(image_index, len(previous), grey.shape[0], self.device)
         ok = previous.success.to(self.device)
         fitter = self.fitter
         g, p = previous.params_global.to(self.device, self.dtype), previous.params_local.to(self.device, self.dtype)
-        state = fitter.fit(grey, index, g, p, self.config.tracking_window_sizes, ok) if bool(ok.any()) else None
+        small = window_sizes or self.config.tracking_window_sizes
+        state = fitter.fit(grey, index, g, p, small, ok) if bool(ok.any()) else None
         if not bool(ok.all()):
             retry = fitter.fit(grey, index, g, p, self.config.window_sizes, ~ok)
             state = retry if state is None else _merge(state, retry, ok)
-        return self._result(state, sizes, index)
+        return self._result(state, batch, index)
 
 
 def _merge(first: FitState, second: FitState, use_first: torch.Tensor) -> FitState:
@@ -198,7 +261,7 @@ def _merge(first: FitState, second: FitState, use_first: torch.Tensor) -> FitSta
 
 def load_model(spec: str | Path = "main_clnf_general.txt", models: str | Path | None = None,
                device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-               config: FitConfig | None = None, cache: str | Path | None = None) -> LandmarkModel:
+               config: FitConfig | None = None, cache: str | Path | None = None, detector: bool = True) -> LandmarkModel:
     """Load an OpenFace landmark model, converted weights cached (see :mod:`torch_clnf.weights`).
 
     Args:
@@ -206,5 +269,20 @@ def load_model(spec: str | Path = "main_clnf_general.txt", models: str | Path | 
             (CE-CLM); a path, or a name inside ``models`` / ``$TORCH_CLNF_MODELS``.
         device, dtype: where and in which precision to fit.
         config: fitting parameters (default OpenFace's; CE-CLM's changes are applied on top).
+        detector: also load the detection validator the spec names and the MTCNN face detector
+            (``mtcnn_detector/MTCNN_detector.txt`` beside the spec), as OpenFace does.
     """
-    return LandmarkModel(load_weights(spec, models, cache), config, dtype).to(device)
+    path = resolve_spec(spec, models)
+    validator = face_detector = None
+    if detector:
+        from .detect.mtcnn import load_mtcnn
+        from .detect.validator import load_validator
+
+        main = read_main_spec(path)
+        if main.validator is not None:
+            validator = load_validator(main.validator, dtype=dtype)
+        mtcnn = path.parent / "mtcnn_detector" / "MTCNN_detector.txt"
+        if mtcnn.is_file():
+            face_detector = load_mtcnn(mtcnn, dtype=dtype)
+    model = LandmarkModel(load_weights(path, models, cache), config, dtype, validator, face_detector)
+    return model.to(device)

@@ -48,6 +48,8 @@ class FitConfig:
         kde_step: the mean-shift's KDE grid, reference-frame pixels.
         shape_sigmas: local params are clamped to ± this many standard deviations.
         sparse: evaluate CEN experts at every second window position (OpenFace's speed-up).
+        validate: score every fit with the detection validator (when the model has one).
+        validation_boundary: a fit succeeds when the validator's certainty is above this.
         parts: per part name, how to refit it.
     """
 
@@ -64,6 +66,8 @@ class FitConfig:
     kde_step: float = 0.1
     shape_sigmas: float = 3.0
     sparse: bool = True
+    validate: bool = True
+    validation_boundary: float = 0.725
     parts: dict[str, PartConfig] = field(default_factory=lambda: dict(PART_DEFAULTS))
 
     def for_ceclm(self) -> "FitConfig":
