@@ -46,6 +46,37 @@ def write_image_csv(path: str | Path, result: FitResult, names: Sequence[str]) -
             writer.writerow([names[image], face_id] + row)
 
 
+class VideoCSV:
+    """One video's OpenFace-style CSV, written row by row as frames finish (each row flushed).
+
+    Columns: ``frame`` (1-based, as OpenFace), ``face_id``, ``timestamp`` (seconds), then
+    :func:`openface_columns`. A frame without a fit gets ``success = 0`` and zeros.
+    """
+
+    def __init__(self, path: str | Path, num_points: int = 68, num_modes: int = 34) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.columns = openface_columns(num_points, num_modes)
+        self._stream = open(self.path, "w", newline="")
+        self._writer = csv.writer(self._stream)
+        self._writer.writerow(["frame", "face_id", "timestamp"] + self.columns)
+        self.rows = 0
+
+    def write(self, frame_index: int, timestamp: float, face_id: int, result: FitResult | None) -> None:
+        """One row for 0-based ``frame_index``; ``result`` is one face (None: no fit, success 0)."""
+        if result is None:
+            values = ["0"] * len(self.columns)
+        else:
+            values = [f"{v:.6g}" for v in openface_values(result)[0]]
+            values[1] = str(int(bool(result.success[0])))
+        self._writer.writerow([frame_index + 1, max(face_id, 0), f"{timestamp:.3f}"] + values)
+        self._stream.flush()
+        self.rows += 1
+
+    def close(self) -> None:
+        self._stream.close()
+
+
 def draw_landmarks(image: np.ndarray, result: FitResult, image_number: int) -> np.ndarray:
     """A BGR copy of the image with the landmarks of its faces (green: success, red: failed)."""
     canvas = image.copy() if image.ndim == 3 else cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)

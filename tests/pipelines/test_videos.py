@@ -1,0 +1,93 @@
+"""track_videos: many videos in lockstep, one OpenFace-style CSV each, damage reported per video."""
+import csv
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import torch_clnf
+from reference import landmarks, rows
+from torch_clnf.output import openface_columns
+from torch_clnf.pipelines import Tracker, track_videos
+
+
+@pytest.fixture(scope="module")
+def model(models_dir, tmp_path_factory):
+    return torch_clnf.load_model("main_clnf_general.txt", models=models_dir, cache=tmp_path_factory.mktemp("cache"))
+
+
+def noise_video(path, frames=20):
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (96, 64))
+    for k in range(frames):
+        writer.write(np.random.default_rng(k).integers(0, 256, (64, 96, 3), dtype=np.uint8))
+    writer.release()
+    return path
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def points(row):
+    return torch.tensor([[float(row[f"x_{i}"]), float(row[f"y_{i}"])] for i in range(68)], dtype=torch.float64)
+
+
+def test_videos_in_lockstep_with_damaged_ones(model, media_dir, reference_dir, tmp_path):
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(np.random.default_rng(0).bytes(5000))
+    data = noise_video(tmp_path / "whole.avi").read_bytes()
+    (tmp_path / "cut.avi").write_bytes(data[: len(data) // 2])
+    sources = [media_dir / "changeLighting.wmv", junk, tmp_path / "cut.avi"]
+    summaries = track_videos(sources, model, tmp_path / "out", streams=3, progress=False)
+    good, bad, cut = summaries
+    assert [s.source for s in summaries] == sources
+
+    table = read_csv(tmp_path / "out/changeLighting.csv")
+    assert list(table[0]) == ["frame", "face_id", "timestamp"] + openface_columns()
+    assert good.frames == len(table) == 88 and good.problems == [] and good.tracked >= 84
+    assert [r["frame"] for r in table[:3]] == ["1", "2", "3"] and table[15]["timestamp"] == "1.000"
+    reference = rows(reference_dir / "openface_cpp/video_changeLighting.csv")
+    d = torch.stack([(points(r) - landmarks([c])[0]).norm(dim=-1) for r, c in zip(table, reference)])
+    assert d.median() <= 1.0
+
+    assert bad.csv is None and bad.frames == 0 and "not a readable video" in bad.problems[0]
+    cut_rows = read_csv(tmp_path / "out/cut.csv")
+    assert 0 < cut.frames == len(cut_rows) < 20 and all(r["success"] == "0" for r in cut_rows)
+    assert any("ended after" in p for p in cut.problems)
+    assert "changeLighting.wmv: 88 frames" in good.line()
+
+
+def test_lockstep_csv_equals_one_video_at_a_time(model, media_dir, tmp_path):
+    """The same rows whether two videos share a batch or not (float32 sums in another order move a
+    landmark by up to a tenth of a pixel over 15 frames; test_tracker checks equality in float64)."""
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    capture = cv2.VideoCapture(str(media_dir / "default.wmv"))
+    for k in range(15):
+        cv2.imwrite(str(frames / f"{k:03d}.png"), capture.read()[1])
+    sources = [media_dir / "image_sequence", frames]
+    track_videos(sources, model, tmp_path / "together", streams=2, progress=False)
+    track_videos(sources, model, tmp_path / "apart", streams=1, progress=False)
+    for name in ("image_sequence.csv", "frames.csv"):
+        together, apart = read_csv(tmp_path / "together" / name), read_csv(tmp_path / "apart" / name)
+        assert len(together) == len(apart) > 0
+        for a, b in zip(together, apart):
+            assert a["success"] == b["success"] and a["face_id"] == b["face_id"]
+            torch.testing.assert_close(points(a), points(b), atol=0.25, rtol=0)
+
+
+def test_a_failing_video_does_not_stop_the_others(model, media_dir, tmp_path, monkeypatch):
+    step = Tracker.step
+
+    def failing_step(self, frames):
+        if any(f is not None and f.shape[:2] == (64, 96) for f in frames):
+            raise RuntimeError("simulated failure")
+        return step(self, frames)
+
+    monkeypatch.setattr(Tracker, "step", failing_step)
+    noise = noise_video(tmp_path / "noise.avi")
+    summaries = track_videos([noise, media_dir / "image_sequence"], model, tmp_path / "out", streams=2, progress=False)
+    assert "stopped at frame 1: RuntimeError: simulated failure" in summaries[0].problems
+    assert summaries[1].problems == [] and len(read_csv(tmp_path / "out/image_sequence.csv")) == 30

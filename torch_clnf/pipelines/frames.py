@@ -1,0 +1,181 @@
+"""Frames from a video file or an image folder, decoded in a background thread.
+
+Decoding runs ahead of fitting (OpenCV releases the GIL while it decodes), so the fitter never
+waits on I/O. Damage is reported, not raised: a frame that cannot be decoded between good ones
+comes out as a :class:`Frame` with ``image=None`` and an ``error``; a file that ends early (a
+truncated video) or cannot be opened at all is described in :attr:`FrameReader.problems`.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+VIDEO_SUFFIXES = {".avi", ".mp4", ".mov", ".mkv", ".wmv", ".mpg", ".mpeg", ".m4v", ".webm", ".flv"}
+IMAGE_SEQUENCE_FPS = 30.0     # OpenFace's frame rate for image folders
+
+
+@dataclass
+class Frame:
+    """One frame of a source.
+
+    Attributes:
+        index: 0-based frame number.
+        image: (H, W, 3) BGR uint8, or None when the frame could not be decoded.
+        timestamp: seconds from the start (index / fps).
+        error: what went wrong with this frame, or None.
+    """
+
+    index: int
+    image: np.ndarray | None
+    timestamp: float
+    error: str | None = None
+
+
+class FrameReader:
+    """Iterates over the frames of a video file or an image folder, decoding ahead in a thread.
+
+    Args:
+        source: a video file, or a folder of images (read in name order).
+        buffer: frames decoded ahead.
+        max_gap: consecutive undecodable frames after which a video is taken to have ended.
+
+    Attributes:
+        fps: frames per second (the video's, or 30 for an image folder).
+        expected_frames: what the container says (0 when unknown).
+        problems: what went wrong with the source as a whole (cannot be opened, ended early).
+    """
+
+    def __init__(self, source: str | Path, buffer: int = 32, max_gap: int = 8) -> None:
+        self.source = Path(source)
+        self.max_gap = max_gap
+        self.problems: list[str] = []
+        self.fps = IMAGE_SEQUENCE_FPS
+        self.expected_frames = 0
+        self._images: list[Path] | None = None
+        self._capture = None
+        if self.source.is_dir():
+            self._images = sorted(p for p in self.source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            self.expected_frames = len(self._images)
+            if not self._images:
+                self.problems.append("no image files in the folder")
+        elif not self.source.is_file():
+            self.problems.append("file not found")
+        else:
+            capture = cv2.VideoCapture(str(self.source))
+            if not capture.isOpened():
+                self.problems.append("not a readable video (OpenCV cannot open it)")
+                capture.release()
+            else:
+                self._capture = capture
+                fps = capture.get(cv2.CAP_PROP_FPS)
+                self.fps = fps if np.isfinite(fps) and fps > 0 else IMAGE_SEQUENCE_FPS
+                self.expected_frames = max(0, int(capture.get(cv2.CAP_PROP_FRAME_COUNT)))
+        self._queue: queue.Queue = queue.Queue(maxsize=buffer)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"frames:{self.source.name}", daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def count(source: str | Path) -> int:
+        """The frames a source announces (0 when unknown or unreadable), without decoding."""
+        source = Path(source)
+        if source.is_dir():
+            return sum(p.suffix.lower() in IMAGE_SUFFIXES for p in source.iterdir())
+        capture = cv2.VideoCapture(str(source)) if source.is_file() else None
+        if capture is None or not capture.isOpened():
+            return 0
+        frames = capture.get(cv2.CAP_PROP_FRAME_COUNT)
+        capture.release()
+        return max(0, int(frames))
+
+    @property
+    def readable(self) -> bool:
+        return self._capture is not None or bool(self._images)
+
+    def _put(self, item: Frame | None) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            frames = self._decode_images() if self._images is not None else self._decode_video()
+            for frame in frames:
+                if not self._put(frame):
+                    return
+        except Exception as err:                                   # never let the thread die silently
+            self.problems.append(f"decoding stopped: {err}")
+        finally:
+            if self._capture is not None:
+                self._capture.release()
+            self._put(None)
+
+    def _decode_images(self) -> Iterator[Frame]:
+        for index, path in enumerate(self._images or []):
+            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            error = None if image is not None and image.size else f"{path.name}: not a readable image"
+            yield Frame(index, image if error is None else None, index / self.fps, error)
+
+    def _decode_video(self) -> Iterator[Frame]:
+        capture, index, pending = self._capture, 0, 0
+        while capture is not None and not self._stop.is_set():
+            ok, image = capture.read()
+            if not ok or image is None or not image.size:
+                pending += 1
+                if pending > self.max_gap or (self.expected_frames and index + pending > self.expected_frames):
+                    break
+                continue
+            for _ in range(pending):                               # undecodable frames between good ones
+                yield Frame(index, None, index / self.fps, "frame could not be decoded")
+                index += 1
+            pending = 0
+            yield Frame(index, image, index / self.fps)
+            index += 1
+        # containers estimate their frame count (WMV from its duration): a few frames short is normal
+        if index == 0:
+            self.problems.append("no frame could be decoded")
+        elif self.expected_frames and index < 0.98 * self.expected_frames - 1:
+            self.problems.append(f"video ended after {index} of the {self.expected_frames} frames its header "
+                                 "announces (truncated or damaged file)")
+
+    def __iter__(self) -> Iterator[Frame]:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            yield item
+
+    def close(self) -> None:
+        """Stop decoding (frames not yet read are dropped)."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> "FrameReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def video_sources(paths: list[str | Path]) -> list[Path]:
+    """The sources a command line names: files as given; a folder of videos → every video in it
+    (name order); a folder of images → itself, as one image sequence."""
+    sources: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            videos = sorted(p for p in path.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
+            sources += videos if videos else [path]
+        else:
+            sources.append(path)
+    return sources
