@@ -51,9 +51,44 @@ def test_image_command_writes_csv_and_drawing(models_dir, media_dir, reference_d
     assert drawing.shape == cv2.imread(str(media_dir / "sample1.jpg")).shape
 
 
-def test_image_command_without_box_is_a_clear_error(media_dir, capsys):
-    assert main(["image", str(media_dir / "sample1.jpg")]) == 2
-    assert "give each face's box with --box x,y,w,h" in capsys.readouterr().err
+def test_image_command_detects_faces(models_dir, media_dir, reference_dir, tmp_path, capsys, monkeypatch):
+    import csv
+
+    import cv2
+    import numpy as np
+
+    from reference import landmarks, rows
+
+    monkeypatch.setenv("TORCH_CLNF_CACHE", str(tmp_path / "cache"))
+    cv2.imwrite(str(tmp_path / "blank.png"), np.full((120, 160, 3), 90, np.uint8))
+    code = main(["image", str(media_dir / "sample2.jpg"), str(tmp_path / "blank.png"), "--models", str(models_dir),
+                 "--csv", str(tmp_path / "out.csv")])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "sample2.jpg: ok, confidence 0.983" in out and "blank.png: no face" in out
+    with open(tmp_path / "out.csv") as f:
+        (row,) = list(csv.DictReader(f))                      # the blank image has no row
+    record = rows(reference_dir / "openface_cpp/images_default.csv")[1]
+    ours = np.array([[float(row[f"x_{i}"]), float(row[f"y_{i}"])] for i in range(68)])
+    assert np.median(np.linalg.norm(ours - landmarks([record]).numpy()[0], axis=1)) < 0.5
+
+
+def test_video_command_on_a_folder(models_dir, media_dir, tmp_path, capsys, monkeypatch):
+    import csv
+    import shutil
+
+    monkeypatch.setenv("TORCH_CLNF_CACHE", str(tmp_path / "cache"))
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    shutil.copy(media_dir / "changeLighting.wmv", videos / "a.wmv")
+    (videos / "b.avi").write_bytes(b"not a video")
+    code = main([str(videos), "--models", str(models_dir), "--out", str(tmp_path / "out"), "--quiet"])
+    assert code == 1                                              # one video could not be read
+    out = capsys.readouterr().out
+    assert "a.wmv: 88 frames" in out and "b.avi: 0 frames" in out and "not a readable video" in out
+    with open(tmp_path / "out/a.csv") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == 88 and sum(r["success"] == "1" for r in table) >= 84
 
 
 def test_image_command_with_unreadable_file(tmp_path, capsys):

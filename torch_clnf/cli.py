@@ -22,19 +22,20 @@ def _box(text: str) -> list[float]:
     return values
 
 
+def _load(args: argparse.Namespace):
+    from .fitting import FitConfig
+    from .landmark_model import load_model
+
+    return load_model(args.model, args.models, device=args.device, config=FitConfig(refine_hierarchical=not args.no_parts))
+
+
 def _image(args: argparse.Namespace) -> int:
     import torch
 
-    from .fitting import FitConfig
     from .images import read_image
-    from .landmark_model import load_model
     from .output import draw_landmarks, write_image_csv
 
-    if not args.box:
-        print("torch-clnf: error: give each face's box with --box x,y,w,h (automatic face detection is not "
-              "available yet)", file=sys.stderr)
-        return 2
-    if len(args.box) not in (1, len(args.paths)):
+    if args.box and len(args.box) not in (1, len(args.paths)):
         print(f"torch-clnf: error: {len(args.box)} boxes for {len(args.paths)} images: give one box for all, "
               "or one per image", file=sys.stderr)
         return 2
@@ -46,17 +47,25 @@ def _image(args: argparse.Namespace) -> int:
             print(f"torch-clnf: error: {err}", file=sys.stderr)
             return 2
         names.append(str(path))
-    model = load_model(args.model, args.models, device=args.device, config=FitConfig(refine_hierarchical=not args.no_parts))
-    boxes = torch.tensor(args.box * len(images) if len(args.box) == 1 else args.box)
+    model = _load(args)
     start = time.perf_counter()
-    result = model.fit(images, boxes)
+    if args.box:
+        result = model.fit(images, torch.tensor(args.box * len(images) if len(args.box) == 1 else args.box))
+    else:
+        result = model.fit(images)                                  # every face the detector finds
     elapsed = time.perf_counter() - start
-    for k, name in enumerate(names):
-        g = result.params_global[k]
-        status = "ok" if bool(result.success[k]) else "FAILED"
-        print(f"{name}: {status}, scale {g[0]:.3f}, rotation ({g[1]:+.3f}, {g[2]:+.3f}, {g[3]:+.3f}) rad, "
-              f"likelihood {result.likelihood[k]:.3f}")
-    print(f"{len(names)} face(s) fitted in {elapsed * 1000:.0f} ms")
+    for number, name in enumerate(names):
+        faces = (result.image_index == number).nonzero().flatten().tolist()
+        if not faces:
+            print(f"{name}: no face")
+        for face, k in enumerate(faces):
+            g = result.params_global[k]
+            status = "ok" if bool(result.success[k]) else "FAILED"
+            label = f"{name}" if len(faces) == 1 else f"{name} face {face}"
+            print(f"{label}: {status}, confidence {result.confidence[k]:.3f}, scale {g[0]:.3f}, "
+                  f"rotation ({g[1]:+.3f}, {g[2]:+.3f}, {g[3]:+.3f}) rad")
+    what = "fitted" if args.box else "detected and fitted"
+    print(f"{len(result)} face(s) {what} in {elapsed * 1000:.0f} ms")
     if args.csv:
         write_image_csv(args.csv, result, names)
         print(f"landmarks written to {args.csv}")
@@ -67,6 +76,27 @@ def _image(args: argparse.Namespace) -> int:
             cv2.imwrite(str(target), draw_landmarks(image, result, k))
             print(f"drawing written to {target}")
     return 0
+
+
+def _video(args: argparse.Namespace) -> int:
+    from .pipelines import TrackingConfig, track_videos, video_sources
+
+    sources = video_sources(args.paths)
+    if not sources:
+        print("torch-clnf: error: no videos found", file=sys.stderr)
+        return 2
+    if args.batch < 1 or args.max_faces < 1 or args.fit_every < 1:
+        print("torch-clnf: error: --batch, --max-faces and --fit-every must be at least 1", file=sys.stderr)
+        return 2
+    model = _load(args)
+    tracking = TrackingConfig(max_faces=args.max_faces, fit_every=args.fit_every)
+    summaries = track_videos(sources, model, args.out, streams=args.batch, tracking=tracking, draw=args.draw,
+                             progress=not args.quiet)
+    for summary in summaries:
+        print(summary.line())
+        if summary.csv is not None:
+            print(f"  landmarks written to {summary.csv}")
+    return 1 if any(s.problems for s in summaries) else 0
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -82,6 +112,9 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+COMMANDS = ("convert", "image", "video")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="torch-clnf", description="OpenFace CLNF / CE-CLM landmark fitting in PyTorch.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -95,18 +128,41 @@ def build_parser() -> argparse.ArgumentParser:
     image = commands.add_parser("image", help="fit 68 landmarks to faces in images")
     image.add_argument("paths", nargs="+", type=Path, help="image files")
     image.add_argument("--box", type=_box, action="append", help="face box x,y,width,height in pixels: once for all "
-                       "images, or once per image in order")
+                       "images, or once per image in order (default: every face the MTCNN detector finds)")
     image.add_argument("--csv", type=Path, help="write OpenFace-style columns to this CSV file")
     image.add_argument("--draw", type=Path, help="write the image with its landmarks here (a folder for several images)")
-    image.add_argument("--model", default="main_clnf_general.txt", help="main spec (default: main_clnf_general.txt)")
-    image.add_argument("--models", type=Path, help=f"OpenFace model folder (default: ${MODELS_ENV})")
-    image.add_argument("--device", default="cpu", help="cpu, cuda or mps")
-    image.add_argument("--no-parts", action="store_true", help="skip the hierarchical inner-face and eye models")
+    _model_options(image)
     image.set_defaults(run=_image)
+
+    video = commands.add_parser("video", help="track the face in videos (or image folders): one CSV per video")
+    video.add_argument("paths", nargs="+", type=Path, help="video files, folders of videos, or folders of images "
+                       "(one image sequence each)")
+    video.add_argument("--out", type=Path, help="folder for the CSVs (default: beside each video)")
+    video.add_argument("--batch", type=int, default=8, help="videos tracked in lockstep, one batch of faces per frame "
+                       "(default 8)")
+    video.add_argument("--max-faces", type=int, default=1, help="faces tracked per video (default 1, as OpenFace's "
+                       "FeatureExtraction; more: OpenFace's multi-face tracking)")
+    video.add_argument("--fit-every", type=int, default=1, help="fit every Nth frame, blending the frames between "
+                       "(default 1: every frame; see bench/knobs.py for the accuracy cost)")
+    video.add_argument("--draw", action="store_true", help="also write <name>_landmarks.avi with the landmarks drawn")
+    video.add_argument("--quiet", action="store_true", help="no progress bar")
+    _model_options(video)
+    video.set_defaults(run=_video)
     return parser
 
 
+def _model_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--model", default="main_clnf_general.txt", help="main spec (default: main_clnf_general.txt; "
+                         "main_ceclm_general.txt for CE-CLM)")
+    command.add_argument("--models", type=Path, help=f"OpenFace model folder (default: ${MODELS_ENV})")
+    command.add_argument("--device", default="cpu", help="cpu, cuda or mps")
+    command.add_argument("--no-parts", action="store_true", help="skip the hierarchical inner-face and eye models")
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] not in COMMANDS and not argv[0].startswith("-") and Path(argv[0]).is_dir():
+        argv = ["video"] + argv                          # `torch-clnf FOLDER`: every video in it
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
