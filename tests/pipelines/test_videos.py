@@ -79,6 +79,7 @@ def test_lockstep_csv_equals_one_video_at_a_time(model, media_dir, tmp_path):
 
 
 def test_a_failing_video_does_not_stop_the_others(model, media_dir, tmp_path, monkeypatch):
+    """A frame that cannot be fitted gets a success-0 row; ten in a row end that video only."""
     step = Tracker.step
 
     def failing_step(self, frames):
@@ -89,5 +90,9 @@ def test_a_failing_video_does_not_stop_the_others(model, media_dir, tmp_path, mo
     monkeypatch.setattr(Tracker, "step", failing_step)
     noise = noise_video(tmp_path / "noise.avi")
     summaries = track_videos([noise, media_dir / "image_sequence"], model, tmp_path / "out", streams=2, progress=False)
-    assert "stopped at frame 1: RuntimeError: simulated failure" in summaries[0].problems
+    assert "frame 1 could not be fitted: RuntimeError: simulated failure" in summaries[0].problems
+    assert "stopped at frame 10 after 10 failed frames in a row" in summaries[0].problems
+    noise_rows = read_csv(tmp_path / "out/noise.csv")
+    assert len(noise_rows) == 10 and all(r["success"] == "0" for r in noise_rows)
     assert summaries[1].problems == [] and len(read_csv(tmp_path / "out/image_sequence.csv")) == 30
+    assert summaries[1].tracked == 30

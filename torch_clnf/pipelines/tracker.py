@@ -132,6 +132,18 @@ class Tracker:
         self.tracks[stream] = [FaceTrack() for _ in range(self.config.max_faces)]
         self.frames_seen[stream] = self.faces_seen[stream] = 0
 
+    def snapshot(self) -> tuple:
+        """The state of every stream, to :meth:`restore` after a step that failed part-way."""
+        return ([[replace(track) for track in stream] for stream in self.tracks], list(self.frames_seen),
+                list(self.faces_seen))
+
+    def restore(self, snapshot: tuple, stream: int | None = None) -> None:
+        """Put back the state of one stream (or all) from :meth:`snapshot`."""
+        tracks, frames_seen, faces_seen = snapshot
+        for s in range(len(self.tracks)) if stream is None else [stream]:
+            self.tracks[s] = [replace(track) for track in tracks[s]]
+            self.frames_seen[s], self.faces_seen[s] = frames_seen[s], faces_seen[s]
+
     def _new_face_id(self, stream: int) -> int:
         self.faces_seen[stream] += 1
         return self.faces_seen[stream] - 1

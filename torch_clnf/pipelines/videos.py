@@ -21,6 +21,8 @@ from ..output import VideoCSV, draw_landmarks
 from .frames import Frame, FrameReader
 from .tracker import FrameFit, Tracker, TrackingConfig, blend
 
+MAX_ERRORS = 10          # frames in a row that fail to fit before a video is given up
+
 
 @dataclass
 class VideoSummary:
@@ -64,6 +66,7 @@ class _Stream:
         self.writer: cv2.VideoWriter | None = None
         self.started = time.perf_counter()
         self.failed = False
+        self.errors = 0                                     # frames in a row that could not be fitted
         self.pending: list[tuple[Frame, list[FrameFit]]] = []
         self.last_fit: dict[int, FitResult] = {}
         self.draw_path: Path | None = None
@@ -189,7 +192,7 @@ def track_videos(sources: Sequence[str | Path], model: LandmarkModel, out_dir: s
                 break
             fits = _step(tracker, frames, slots)
             for slot, frame in enumerate(frames):
-                if frame is not None and slots[slot] is not None and not slots[slot][1].failed:
+                if frame is not None and slots[slot] is not None:
                     slots[slot][1].record(frame, fits[slot])
             done = sum(f is not None for f in frames)
             if callable(progress) and progress is not True:
@@ -206,24 +209,39 @@ def track_videos(sources: Sequence[str | Path], model: LandmarkModel, out_dir: s
 
 
 def _step(tracker: Tracker, frames: list[Frame | None], slots: list) -> list[list[FrameFit] | None]:
-    """One lockstep; if it raises, each stream again alone, and a stream that fails alone is ended."""
+    """One lockstep. If it raises, the streams are stepped again one by one from where they were:
+    a frame that fails alone gets no fit (its row says success 0) and is reported; a video whose
+    frames keep failing (``MAX_ERRORS`` in a row) is ended, and the others go on."""
     images = [f.image if f is not None else None for f in frames]
+    before = tracker.snapshot()
     try:
-        return tracker.step(images)
+        fits = tracker.step(images)
     except Exception:                                      # find the stream at fault; the others go on
-        pass
+        tracker.restore(before)
+    else:
+        for slot in slots:
+            if slot is not None:
+                slot[1].errors = 0
+        return fits
     fits: list[list[FrameFit] | None] = [None] * len(frames)
     for slot, image in enumerate(images):
         if image is None:
             continue
-        alone = [None] * len(images)
+        alone: list = [None] * len(images)
         alone[slot] = image
+        stream = slots[slot][1]
         try:
             fits[slot] = tracker.step(alone)[slot]
+            stream.errors = 0
         except Exception as err:
-            stream = slots[slot][1]
-            stream.summary.problems.append(f"stopped at frame {frames[slot].index + 1}: {type(err).__name__}: {err}")
-            stream.failed = True
+            tracker.restore(before, slot)
+            stream.errors += 1
+            message = f"{type(err).__name__}: {err}"
+            stream.summary.problems.append(f"frame {frames[slot].index + 1} could not be fitted: {message}")
+            if stream.errors >= MAX_ERRORS:
+                stream.summary.problems.append(f"stopped at frame {frames[slot].index + 1} after {MAX_ERRORS} "
+                                               "failed frames in a row")
+                stream.failed = True
     return fits
 
 
