@@ -23,7 +23,7 @@ import torch
 
 import torch_clnf
 
-from timing import SHARED, median_ms, synthetic_cen_tool
+from timing import SHARED, ceclm_models, median_ms
 
 REFERENCE = SHARED / "reference/openface_cpp"
 
@@ -43,18 +43,6 @@ def faces(batch: int, device: torch.device) -> tuple[list[torch.Tensor], torch.T
 def cpp_median_ms(name: str, column: str = "fit_ms") -> float:
     with open(REFERENCE / name) as f:
         return statistics.median(float(r[column]) for r in csv.DictReader(f))
-
-
-def ceclm_models(folder: Path, models: Path) -> Path:
-    """A model folder: OpenFace's files plus full-size synthetic CEN files."""
-    for item in models.iterdir():
-        if item.name != "patch_experts":
-            (folder / item.name).symlink_to(item)
-    (folder / "patch_experts").mkdir()
-    tool = synthetic_cen_tool()
-    for scale in ("0.25", "0.35", "0.50", "1.00"):
-        tool.write(folder / "patch_experts", scale, tool.visibilities())
-    return folder
 
 
 def run(name: str, model: torch_clnf.LandmarkModel, batches: list[int], device: torch.device, repeats: int,

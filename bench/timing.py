@@ -41,3 +41,15 @@ def synthetic_cen_tool() -> ModuleType:
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     return tool
+
+
+def ceclm_models(folder: Path, models: Path) -> Path:
+    """A model folder: OpenFace's files plus full-size synthetic CEN files."""
+    for item in models.iterdir():
+        if item.name != "patch_experts":
+            (folder / item.name).symlink_to(item)
+    (folder / "patch_experts").mkdir()
+    tool = synthetic_cen_tool()
+    for scale in ("0.25", "0.35", "0.50", "1.00"):
+        tool.write(folder / "patch_experts", scale, tool.visibilities())
+    return folder

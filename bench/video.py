@@ -1,0 +1,95 @@
+"""Video tracking speed: torch_clnf vs OpenFace C++'s per-frame fit times on ../shared/media/default.wmv.
+
+    python bench/video.py [--models DIR] [--device cpu|cuda|mps] [--streams 1 8] [--repeats 3] [--ceclm]
+
+For each number of streams N, N copies of default.wmv are tracked in lockstep (one batch of N
+faces per frame). Two timings, each the median of --repeats runs:
+  fit    — Tracker.step on frames decoded beforehand (fitting, validation, re-detection), the
+           counterpart of the C++ reference's per-frame fit_ms;
+  end-to-end — track_videos: decoding in its thread, fitting, CSV rows written.
+With --ceclm, CE-CLM on full-size synthetic CEN files (real layer shapes, random weights; its
+fits are meaningless, so validation is off and every frame is tracked, as the C++ timing was).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import torch_clnf
+from torch_clnf.pipelines import FrameReader, Tracker, track_videos
+
+from timing import SHARED, ceclm_models, sync
+
+VIDEO = SHARED / "media/default.wmv"
+CPP_CLNF_MS = statistics.median(float(r["fit_ms"]) for r in csv.DictReader(open(SHARED / "reference/openface_cpp/video_default.csv")))
+CPP_CECLM_MS = 15.4          # the reference README: CE-CLM tracking per frame, same machine type
+
+
+def fit_fps(model: torch_clnf.LandmarkModel, frames: list, streams: int, repeats: int, device: torch.device) -> float:
+    """Frames per second (all streams together) of Tracker.step over pre-decoded frames, median of runs."""
+    rates = []
+    for _ in range(repeats):
+        tracker = Tracker(model, streams)
+        sync(device)
+        start = time.perf_counter()
+        for frame in frames:
+            tracker.step([frame] * streams)
+        sync(device)
+        rates.append(len(frames) * streams / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def end_to_end_fps(model: torch_clnf.LandmarkModel, streams: int, repeats: int) -> float:
+    rates = []
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory() as out:
+            start = time.perf_counter()
+            summaries = track_videos([VIDEO] * streams, model, out, streams=streams, progress=False)
+            rates.append(sum(s.frames for s in summaries) / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def report(name: str, model: torch_clnf.LandmarkModel, args: argparse.Namespace, cpp_ms: float, end_to_end: bool) -> None:
+    frames = [f.image for f in FrameReader(VIDEO)][: args.frames]
+    device = torch.device(args.device)
+    for streams in args.streams:
+        fps = fit_fps(model, frames, streams, args.repeats, device)
+        e2e = f"{end_to_end_fps(model, streams, args.repeats):9.1f}" if end_to_end else f"{'-':>9}"
+        print(f"{name:16} {device.type:5} {streams:7d} {fps:9.1f} {e2e} {1000 / cpp_ms:8.1f} "
+              f"{fps * cpp_ms / 1000:8.2f}x", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", type=Path, default=Path(os.environ.get("TORCH_CLNF_MODELS", SHARED / "openface-models")))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--streams", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--frames", type=int, default=None, help="track only the first N frames")
+    parser.add_argument("--ceclm", action="store_true")
+    args = parser.parse_args()
+    print(f"# {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads; "
+          f"default.wmv, median of {args.repeats}; C++ = OpenFace 2.x per-frame fit time on the same machine type")
+    print(f"{'model':16} {'dev':5} {'streams':>7} {'fit f/s':>9} {'e2e f/s':>9} {'C++ f/s':>8} {'vs C++':>9}")
+    model = torch_clnf.load_model("main_clnf_general.txt", args.models, device=args.device)
+    report("CLNF", model, args, CPP_CLNF_MS, end_to_end=True)
+    if args.ceclm:
+        with tempfile.TemporaryDirectory() as folder, tempfile.TemporaryDirectory() as cache:
+            config = dataclasses.replace(torch_clnf.FitConfig(), validate=False)
+            model = torch_clnf.load_model("main_ceclm_general.txt", ceclm_models(Path(folder), args.models),
+                                          device=args.device, cache=cache, config=config)
+            report("CE-CLM (synth)", model, args, CPP_CECLM_MS, end_to_end=False)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
