@@ -76,13 +76,14 @@ def main() -> None:
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--frames", type=int, default=None, help="track only the first N frames")
+    parser.add_argument("--fit-only", action="store_true", help="skip the end-to-end (track_videos) timing")
     parser.add_argument("--ceclm", action="store_true")
     args = parser.parse_args()
     print(f"# {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"default.wmv, median of {args.repeats}; C++ = OpenFace 2.x per-frame fit time on the same machine type")
     print(f"{'model':16} {'dev':5} {'streams':>7} {'fit f/s':>9} {'e2e f/s':>9} {'C++ f/s':>8} {'vs C++':>9}")
     model = torch_clnf.load_model("main_clnf_general.txt", args.models, device=args.device)
-    report("CLNF", model, args, CPP_CLNF_MS, end_to_end=True)
+    report("CLNF", model, args, CPP_CLNF_MS, end_to_end=not args.fit_only)
     if args.ceclm:
         with tempfile.TemporaryDirectory() as folder, tempfile.TemporaryDirectory() as cache:
             config = dataclasses.replace(torch_clnf.FitConfig(), validate=False)
