@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from ..models import CCNFExperts, CENExperts, PointDistributionModel
+from ..models.linalg import inverse
 from ..models.sync import syncs_cheaply
 from ..openface import OpenFaceModel
 from .config import FitConfig
@@ -77,7 +78,7 @@ class ModelFitter(nn.Module):
         reference = params_global.new_zeros(params_global.shape)
         reference[:, 0] = experts.patch_scale
         image_to_reference = align_similarity(shape, self.pdm.project(reference, params_local))
-        reference_to_image = torch.linalg.inv(image_to_reference)
+        reference_to_image = inverse(image_to_reference)
         view = self.views(params_global, scale)
         areas = sample_areas(padded, image_index, shape, reference_to_image, window + experts.support[0] - 1)
         maps, visible = experts(areas, view)

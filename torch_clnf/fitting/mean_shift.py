@@ -26,7 +26,7 @@ def mean_shift(maps: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, sigma: fl
     """
     size = maps.shape[-1]
     a = -0.5 / (sigma * sigma)
-    position = torch.stack([dx, dy], -1).clamp(0, size - step)                       # (B, n, 2) clamped
+    position = torch.stack([dx, dy], -1).clamp(0.0, size - step)                      # (B, n, 2) clamped
     kernels = _axis_kernel(torch.floor(position / step + 0.5) * step, size, a)       # (B, n, 2, w): x, y
     k = torch.arange(size, dtype=maps.dtype, device=maps.device)
     # the separable KDE as two small matmuls: [Σ, Σ·col; Σ·row, ·] = [ky; ky·k] · map · [kx, kx·k]

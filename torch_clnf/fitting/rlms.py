@@ -7,6 +7,7 @@ from typing import NamedTuple
 import torch
 
 from ..models import PointDistributionModel
+from ..models.linalg import solve
 from ..models.rotation import euler_to_matrix, matrix_to_euler
 from ..models.sync import syncs_cheaply
 from .mean_shift import log_likelihood, mean_shift
@@ -99,7 +100,7 @@ def nu_rlms(pdm: PointDistributionModel, params_global: torch.Tensor, params_loc
         if not rigid:
             gradient[:, 6:] -= prior[6:] * params_local
         hessian = torch.where(running[:, None, None], regulariser + weighted @ jacobian, identity)
-        step, info = torch.linalg.solve_ex(hessian, gradient.unsqueeze(-1))
+        step, info = solve(hessian, gradient.unsqueeze(-1))
         step = step.squeeze(-1)
         unsolved = running & ((info != 0) | ~torch.isfinite(step).all(1))
         failed = failed | unsolved

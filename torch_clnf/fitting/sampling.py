@@ -60,10 +60,11 @@ def sample_areas(padded: torch.Tensor, image_index: torch.Tensor, landmarks: tor
     """
     centre = (size - 1) / 2
     steps = torch.arange(size, dtype=landmarks.dtype, device=landmarks.device)
-    a = reference_to_image[:, None, :, :, None, None]                           # (B, 1, 2, 2, 1, 1)
-    origin = landmarks[..., None, None] - centre * (a[:, :, :, 0] + a[:, :, :, 1])    # (B, n, 2, 1, 1)
-    row_part = torch.round((origin + a[:, :, :, 1] * steps[:, None]) * 1024).long()    # (B, n, 2, size, 1), 1/1024 px
-    column_part = (torch.round(a[:, :, :, 0] * steps * 1024) + 16).long()               # (B, 1, 2, 1, size)
+    across = reference_to_image[:, None, :, 0, None, None]                      # (B, 1, 2, 1, 1) per area column
+    down = reference_to_image[:, None, :, 1, None, None]                        # per area row (rank ≤ 5: Core ML)
+    origin = landmarks[..., None, None] - centre * (across + down)               # (B, n, 2, 1, 1)
+    row_part = torch.round((origin + down * steps[:, None]) * 1024).long()      # (B, n, 2, size, 1), 1/1024 px
+    column_part = (torch.round(across * steps * 1024) + 16).long()              # (B, 1, 2, 1, size)
     position = (row_part + column_part) >> 5                                     # 1/32 px, (B, n, 2, size, size)
     fraction = (position & 31).to(landmarks.dtype) / 32
     height, width = padded.shape[1] - 2 * MARGIN, padded.shape[2] - 2 * MARGIN
@@ -73,7 +74,11 @@ def sample_areas(padded: torch.Tensor, image_index: torch.Tensor, landmarks: tor
     origin_index = image_index * padded[0].numel() + MARGIN * stride + MARGIN
     top_left = y0.mul_(stride).add_(x0).add_(origin_index[:, None, None, None])
     flat = padded.reshape(-1)
+
+    def tap(index: torch.Tensor) -> torch.Tensor:      # a 1-D gather (exported, flat[index] copies all images first)
+        return flat.index_select(0, index.reshape(-1)).view(index.shape)
+
     fx, fy = fraction[:, :, 0], fraction[:, :, 1]
-    top = torch.lerp(flat[top_left], flat[top_left + 1], fx)
-    bottom = torch.lerp(flat[top_left + stride], flat[top_left + stride + 1], fx)
+    top = torch.lerp(tap(top_left), tap(top_left + 1), fx)
+    bottom = torch.lerp(tap(top_left + stride), tap(top_left + stride + 1), fx)
     return torch.lerp(top, bottom, fy)

@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 from ..openface import CCNFPatchExperts
-from .windows import PatchResponse, check_inputs, normalised_correlation, per_view, response_window, window_statistics
+from .windows import (PatchResponse, check_inputs, correlation, normalise, normalised_correlation, per_view,
+                      response_window, window_statistics)
 
 # OpenFace skips neurons whose alpha is this small.
 MIN_ALPHA = 1e-4
@@ -86,6 +87,13 @@ class CCNFExperts(nn.Module):
             self._sigmas[key] = sigma.to(self.weights.device, self.weights.dtype)
         return self._sigmas[key]
 
+    def sigmas(self, window: int) -> torch.Tensor:
+        """(L, V, win², win²) every view's Σ (:meth:`sigma`) for a window size, landmark-major, kept."""
+        key = (window, "views", self.weights.device, self.weights.dtype)
+        if key not in self._sigmas:
+            self._sigmas[key] = torch.stack([self.sigma(window, v) for v in range(self.num_views)], 1)
+        return self._sigmas[key]
+
     def _apply(self, fn, recurse=True):  # new device or dtype: drop the Σ cache
         self._sigmas = {}
         return super()._apply(fn, recurse)
@@ -112,5 +120,31 @@ class CCNFExperts(nn.Module):
             maps = maps - maps.amin(-1, keepdim=True).clamp(max=0)
             return maps * self.visible[v, index, None].to(maps.dtype)
 
-        maps = per_view(view, areas, (areas.shape[0], len(index), win * win), compute)
+        def compute_per_face(faces: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+            # every view's neurons on every face (one grouped convolution; gathering each face's weights,
+            # windows or Σ costs more), each face's own view then picked by one-hot matmuls, and every
+            # view's Σ applied to the picked sums (one batched matmul) before picking again
+            def by_landmark(table: torch.Tensor) -> torch.Tensor:                # (V, L, ...) → (L, V, ...)
+                return (table if landmarks is None else table[:, index]).transpose(0, 1)
+
+            weights = by_landmark(self.weights)                                     # (L, V, N, h, w)
+            views_count, neurons = weights.shape[1:3]
+            pick = (views[:, None] == torch.arange(views_count, device=views.device)).to(faces.dtype)[:, None, None]
+
+            def picked(table: torch.Tensor) -> torch.Tensor:                        # (F or 1, L, V, X) → (F, L, X)
+                return (pick @ table).squeeze(2)
+
+            stats = window_statistics(faces, self.support)
+            z = correlation(stats.centred, weights.flatten(1, 2))                     # (F, L, V·N, win, win)
+            z = picked(z.unflatten(2, (views_count, neurons)).flatten(3)).unflatten(-1, (neurons, win, win))
+            z = normalise(stats, z, picked(weights.sum((-2, -1))), picked(by_landmark(self.bias)))   # (F, L, N, win, win)
+            summed = (2 * picked(by_landmark(self.alpha))[..., None] * torch.sigmoid(z.flatten(-2))).sum(-2)   # (F, L, P)
+            sigmas = self.sigmas(win) if landmarks is None else self.sigmas(win)[index]         # (L, V, P, P)
+            every = (summed.transpose(0, 1) @ sigmas.flatten(1, 2).transpose(1, 2)).unflatten(-1, sigmas.shape[1:3])
+            maps = (pick[:, 0] @ every).squeeze(2).transpose(0, 1)                    # (F, L, P)
+            maps = maps - maps.amin(-1, keepdim=True).clamp(max=0)
+            visible = self.visible[views] if landmarks is None else self.visible[views][:, index]
+            return maps * visible[..., None].to(maps.dtype)
+
+        maps = per_view(view, areas, (areas.shape[0], len(index), win * win), compute, compute_per_face)
         return PatchResponse(maps.reshape(areas.shape[0], len(index), win, win), self.visible[view][:, index])

@@ -138,20 +138,29 @@ class CENExperts(nn.Module):
         return self._sparse[key]
 
     def _block(self, faces: torch.Tensor, layers: list[tuple[torch.Tensor, torch.Tensor]], sparse: bool) -> torch.Tensor:
-        """(F, l, H, W) areas of l landmarks, their experts' layers → (F, l, P) or (F, l, P_s) responses."""
+        """(F, l, H, W) areas of l landmarks, their experts' layers → (F, l, P) or (F, l, P_s) responses.
+
+        Layers are (l, out, in) weights and (l, out) biases (grouped convolutions), or
+        (F, l, out, in) and (F, l, out), each face its own (batched matmuls)."""
         h, w = self.support
         stats = window_statistics(faces, self.support)
         weight, bias = layers[0]
-        weight = weight.reshape(weight.shape[0], weight.shape[1], h, w)
+        per_face = weight.dim() == 4
+        weight = weight.unflatten(-1, (h, w))
         if sparse:   # positions with x + y odd: (y even, x odd) and (y odd, x even), each a stride-2 pass
             passes = [normalised_correlation(stats, weight, bias, 2, offset) for offset in ((0, 1), (1, 0))]
             x = torch.cat([p.flatten(-2) for p in passes], -1)                      # (F, l, out, P_s)
         else:
             x = normalised_correlation(stats, weight, bias).flatten(-2)              # (F, l, out, P)
-        x = self._activate(x, 0).flatten(1, 2)                                       # (F, l·out, P)
+        x = self._activate(x, 0)
+        if not per_face:
+            x = x.flatten(1, 2)                                                      # (F, l·out, P)
         for k, (weight, bias) in enumerate(layers[1:], start=1):
-            groups = weight.shape[0]
-            x = F.conv1d(x, weight.reshape(-1, weight.shape[2], 1), bias.reshape(-1), groups=groups)
+            if per_face:
+                x = weight @ x + bias[..., None]                                     # (F, l, out, P)
+            else:
+                groups = weight.shape[0]
+                x = F.conv1d(x, weight.reshape(-1, weight.shape[2], 1), bias.reshape(-1), groups=groups)
             x = self._activate(x, k)
         return x.reshape(faces.shape[0], faces.shape[1], -1)
 
@@ -164,7 +173,7 @@ class CENExperts(nn.Module):
         """Response maps for a batch of faces.
 
         On the CPU, landmarks are processed in blocks whose intermediate activations fit in
-        cache (``tile_bytes``); on a GPU all at once.
+        cache (``tile_bytes``); on a GPU and in a static graph all at once.
 
         Args:
             areas: (B, L, H, W) grey-level areas of interest, H = W = win + 10.
@@ -196,5 +205,18 @@ class CENExperts(nn.Module):
             maps = (maps * self.visible[v, index, None].to(maps.dtype)).reshape(count, points, win, win)
             return torch.where(flip[:, None, None], maps.flip(-1), maps)
 
-        maps = per_view(view, areas, (areas.shape[0], len(index), win, win), compute)
+        def compute_per_face(faces: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+            def take(table: torch.Tensor) -> torch.Tensor:                        # (V, L) → (F, L)
+                return table[views] if landmarks is None else table[views][:, index]
+
+            flip = take(self.flipped)
+            faces = torch.where(flip[..., None, None], faces.flip(-1), faces)
+            experts = take(self.expert_of).clamp(min=0)       # no expert: any one, its map is zeroed
+            maps = self._block(faces, [(w[experts], b[experts]) for w, b in zip(self.weights, self.biases)], sparse)
+            if sparse:
+                maps = maps @ self._sparse_maps(win)
+            maps = (maps * take(self.visible)[..., None].to(maps.dtype)).unflatten(-1, (win, win))
+            return torch.where(flip[..., None, None], maps.flip(-1), maps)
+
+        maps = per_view(view, areas, (areas.shape[0], len(index), win, win), compute, compute_per_face)
         return PatchResponse(maps, self.visible[view][:, index])

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from ..openface import PDMData
+from .linalg import solve
 from .rotation import euler_to_matrix, matrix_to_euler, skew, small_rotation
 from .sync import syncs_cheaply
 
@@ -209,7 +210,7 @@ class PointDistributionModel(nn.Module):
             gradient = (weighted @ residual).squeeze(-1)
             gradient[:, 6:] -= prior[6:] * local
             hessian = torch.diag(prior) + weighted @ flat
-            step, info = torch.linalg.solve_ex(hessian, gradient.unsqueeze(-1))
+            step, info = solve(hessian, gradient.unsqueeze(-1))
             step = 0.75 * step.squeeze(-1)
             unsolved = active & ((info != 0) | ~torch.isfinite(step).all(1))    # degenerate landmarks: stop there
             stalls = torch.where(unsolved, torch.full_like(stalls, 3), stalls)

@@ -13,7 +13,7 @@ from typing import Callable, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .sync import syncs_cheaply
+from .sync import static_graph, syncs_cheaply
 
 
 class PatchResponse(NamedTuple):
@@ -43,9 +43,20 @@ class WindowStatistics(NamedTuple):
 
 
 def box_mean(x: torch.Tensor, support: tuple[int, int]) -> torch.Tensor:
-    """(..., H, W) → (..., H - h + 1, W - w + 1) mean of every h × w window (separable sums)."""
+    """(..., H, W) → (..., H - h + 1, W - w + 1) mean of every h × w window (separable sums).
+
+    Inside :func:`~torch_clnf.models.sync.fixed_iterations` two matmuls with 0/1 band matrices
+    instead (Core ML has no ``unfold``, onnxruntime no float64 pooling)."""
     h, w = support
+    if static_graph():
+        return band(x.shape[-2], h, x).transpose(0, 1) @ x @ band(x.shape[-1], w, x) / (h * w)
     return x.unfold(-1, w, 1).sum(-1).unfold(-2, h, 1).sum(-1) / (h * w)
+
+
+def band(n: int, k: int, like: torch.Tensor) -> torch.Tensor:
+    """(n, n − k + 1) matrix with ones where ``0 ≤ i − j < k``: ``x @ band`` sums every k consecutive columns."""
+    offset = torch.arange(n, device=like.device)[:, None] - torch.arange(n - k + 1, device=like.device)
+    return ((offset >= 0) & (offset < k)).to(like.dtype)
 
 
 def window_statistics(areas: torch.Tensor, support: tuple[int, int]) -> WindowStatistics:
@@ -63,23 +74,55 @@ def normalised_correlation(stats: WindowStatistics, weight: torch.Tensor, bias: 
 
     Args:
         stats: from :func:`window_statistics`, C areas per batch entry.
-        weight: (C, K, h, w), row = y.
-        bias: (C, K).
+        weight: (C, K, h, w), row = y; or (B, C, K, h, w), each batch entry its own filters.
+        bias: (C, K), or (B, C, K).
         stride, offset: evaluate only positions ``offset + stride · i`` (both axes).
         channels_last: run the convolution on a channels-last copy (faster for few filters per group).
     Returns:
         (B, C, K, win_h', win_w').
     """
-    channels, k, h, w = weight.shape
-    centred = stats.centred[..., offset[0]:, offset[1]:]
+    z = correlation(stats.centred, weight, stride, offset, channels_last)
+    return normalise(stats, z, weight.sum((-2, -1)), bias, stride, offset)
+
+
+def correlation(centred: torch.Tensor, weight: torch.Tensor, stride: int = 1, offset: tuple[int, int] = (0, 0),
+                channels_last: bool = False) -> torch.Tensor:
+    """``W · window`` of (B, C, H, W) areas for (C, K, h, w) filters, one grouped convolution; or for
+    (B, C, K, h, w) filters, each batch entry its own, a gather of every window and a batched matmul.
+    Returns (B, C, K, win_h', win_w') (see :func:`normalised_correlation`)."""
+    channels, k, h, w = weight.shape[-4:]
+    if weight.dim() == 5:
+        return _per_entry_correlation(centred, weight, stride, offset)
+    centred = centred[..., offset[0]:, offset[1]:]
     if channels_last:
         centred = centred.contiguous(memory_format=torch.channels_last)
     z = F.conv2d(centred, weight.reshape(channels * k, 1, h, w), stride=stride, groups=channels)
-    z = z.reshape(z.shape[0], channels, k, *z.shape[-2:])
+    return z.reshape(z.shape[0], channels, k, *z.shape[-2:])
+
+
+def normalise(stats: WindowStatistics, z: torch.Tensor, weight_sums: torch.Tensor, bias: torch.Tensor,
+              stride: int = 1, offset: tuple[int, int] = (0, 0)) -> torch.Tensor:
+    """(B, C, K, win_h', win_w') correlations ``W · window`` → ``(W · window − mean · ΣW) / norm + b``,
+    with ``weight_sums`` ΣW and ``bias`` b of shape (C, K) or (B, C, K)."""
     mean = stats.mean[..., offset[0]::stride, offset[1]::stride][..., : z.shape[-2], : z.shape[-1]]
     inverse = stats.inverse_norm[..., offset[0]::stride, offset[1]::stride][..., : z.shape[-2], : z.shape[-1]]
-    z = (z - mean.unsqueeze(2) * weight.sum((-2, -1))[..., None, None]) * inverse.unsqueeze(2)
+    z = (z - mean.unsqueeze(2) * weight_sums[..., None, None]) * inverse.unsqueeze(2)
     return z + bias[..., None, None]
+
+
+def _per_entry_correlation(centred: torch.Tensor, weight: torch.Tensor, stride: int,
+                           offset: tuple[int, int]) -> torch.Tensor:
+    """(B, C, H, W) areas, (B, C, K, h, w) filters → (B, C, K, win_h', win_w') correlations: every
+    window gathered as a (taps, positions) column block (one gather) and one batched matmul."""
+    height, width = centred.shape[-2:]
+    h, w = weight.shape[-2:]
+    device = centred.device
+    rows = torch.arange(offset[0], height - h + 1, stride, device=device)
+    cols = torch.arange(offset[1], width - w + 1, stride, device=device)
+    taps = torch.arange(h, device=device)[:, None] * width + torch.arange(w, device=device)       # (h, w)
+    index = taps.reshape(-1, 1) + (rows[:, None] * width + cols).reshape(1, -1)                   # (h·w, P)
+    columns = centred.flatten(-2).index_select(-1, index.reshape(-1)).unflatten(-1, index.shape)  # (B, C, h·w, P)
+    return (weight.flatten(-2) @ columns).unflatten(-1, (len(rows), len(cols)))
 
 
 def response_window(areas: torch.Tensor, support: tuple[int, int]) -> int:
@@ -110,12 +153,17 @@ def check_inputs(areas: torch.Tensor, view: torch.Tensor, num_points: int, num_v
 
 
 def per_view(view: torch.Tensor, areas: torch.Tensor, out_shape: tuple[int, ...],
-             compute: Callable[[torch.Tensor, int], torch.Tensor]) -> torch.Tensor:
+             compute: Callable[[torch.Tensor, int], torch.Tensor],
+             compute_per_face: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """Run ``compute(areas_of_faces_in_view, view)`` once per distinct view and gather the results.
 
     A batch of faces in one view is one call; faces are never looped over one by one. The
-    faces are grouped by sorting on their view, with one read of the per-view counts.
+    faces are grouped by sorting on their view, with one read of the per-view counts. Inside
+    :func:`~torch_clnf.models.sync.fixed_iterations` (no host reads) it is one call of
+    ``compute_per_face(areas, view)`` instead, which selects each face's view inside the graph.
     """
+    if static_graph():
+        return compute_per_face(areas, view)
     counts = torch.bincount(view, minlength=1).tolist()
     present = [v for v, c in enumerate(counts) if c]
     if len(present) == 1:

@@ -1,0 +1,45 @@
+"""Small batched linear algebra that also runs as a static graph (ONNX and Core ML have no LAPACK ops)."""
+from __future__ import annotations
+
+import torch
+
+from .sync import static_graph
+
+
+def solve(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` with ``a @ x = b``, as ``torch.linalg.solve_ex``.
+
+    Inside :func:`~torch_clnf.models.sync.fixed_iterations`: for the symmetric positive definite
+    systems the fitter solves, Gauss-Jordan elimination without pivoting (``k`` unrolled steps of
+    elementary ops) on the system scaled to a unit diagonal, ``D a D (x / D) = D b`` with
+    ``D = diag(a)^-½`` (as accurate as LAPACK's LU in float32; unscaled, the mixed units of
+    scale, rotation, translation and shape params cost up to 1 % of the step); a singular system
+    then gives a non-finite ``x`` and ``info`` is 0.
+
+    Args:
+        a: (B, k, k); b: (B, k, r).
+    Returns:
+        x: (B, k, r); info: (B,) int32, non-zero where LAPACK found ``a`` singular.
+    """
+    if not static_graph():
+        return torch.linalg.solve_ex(a, b)
+    k = a.shape[-1]
+    eye = torch.eye(k, dtype=a.dtype, device=a.device)
+    units = eye.unsqueeze(-1)                                           # (k, k, 1), units[j] = e_j
+    d = torch.rsqrt((a * eye).sum(-1, keepdim=True))                    # (B, k, 1), diag(a)^-½
+    m = torch.cat([d * a * d.transpose(1, 2), d * b], -1)               # (B, k, k + r)
+    for j in range(k):                  # few ops a step: the exported graph holds k copies
+        row = m.narrow(1, j, 1)
+        row = row / row.narrow(2, j, 1)                                 # (B, 1, k + r), pivot scaled to 1
+        m = m - (m.narrow(2, j, 1) - units[j]) * row                    # row j becomes ``row``, column j e_j
+    return d * m.narrow(2, k, b.shape[-1]), torch.zeros(a.shape[0], dtype=torch.int32, device=a.device)
+
+
+def inverse(a: torch.Tensor) -> torch.Tensor:
+    """(B, 2, 2) → (B, 2, 2) inverses: ``torch.linalg.inv``, or the closed form inside
+    :func:`~torch_clnf.models.sync.fixed_iterations`."""
+    if not static_graph():
+        return torch.linalg.inv(a)
+    p, q, r, s = a[:, 0, 0], a[:, 0, 1], a[:, 1, 0], a[:, 1, 1]
+    det = p * s - q * r
+    return torch.stack([torch.stack([s, -q], -1), torch.stack([-r, p], -1)], -2) / det[:, None, None]
