@@ -1,0 +1,68 @@
+"""ONNX export (torch.onnx, dynamo) of the experts and the whole fit, run with onnxruntime against torch."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("onnxscript")
+pytest.importorskip("onnxruntime")
+
+from export.graphs import default_folder
+from export.modules import ExpertGraph
+from export.onnx import export_graph, main, run, session
+from torch_clnf.weights import cache_dir
+
+
+def names(items) -> list[str]:
+    return [item.name for item in items]
+
+
+def check_experts(graph: ExpertGraph, path, views: torch.Tensor) -> None:
+    """onnxruntime's maps within 1e-4 of the torch module's normal (grouped by view) path, for 1 and many faces."""
+    runtime = session(path)
+    assert names(runtime.get_inputs()) == ["areas", "view"] and names(runtime.get_outputs()) == ["maps", "visible"]
+    for count in (1, len(views)):
+        areas, _ = graph.example_inputs(count, seed=count)
+        view = views[:count]
+        maps, visible = run(runtime, areas, view)
+        with torch.inference_mode():
+            expected = graph.experts(areas, view)
+        torch.testing.assert_close(maps, expected.maps, atol=1e-4, rtol=0)
+        assert torch.equal(visible, expected.visible)
+
+
+def test_ccnf_experts_match_torch(clnf_fitter, tmp_path):
+    graph = ExpertGraph(clnf_fitter.experts[0], 11)
+    check_experts(graph, export_graph(graph, tmp_path / "ccnf.onnx"), torch.tensor([0, 3, 1, 0, 6, 4, 2]))
+
+
+@pytest.mark.parametrize("sparse", [True, False], ids=["sparse", "dense"])
+def test_cen_experts_match_torch(cen_experts, sparse, tmp_path):
+    cen_experts.sparse = sparse
+    graph = ExpertGraph(cen_experts, 7)
+    check_experts(graph, export_graph(graph, tmp_path / "cen.onnx"), torch.tensor([2, 0, 1, 2, 0]))  # 2: mirrored
+
+
+def test_fit_matches_torch_on_reference_images(fit_graph, fit_program, reference_faces, tmp_path):
+    path = export_graph(fit_graph, tmp_path / "fit.onnx", fit_program)
+    runtime = session(path)
+    assert names(runtime.get_inputs()) == ["padded", "image_index", "params_global", "params_local"]
+    assert names(runtime.get_outputs()) == ["landmarks", "params_global_out", "params_local_out", "likelihood"]
+    padded, index, params_global, params_local = reference_faces
+    landmarks, found_global, found_local, likelihood = run(runtime, padded, index, params_global, params_local)
+    with torch.inference_mode():                     # the normal torch path: early exits, faces grouped by view
+        expected = fit_graph.fitter.fit(padded, index, params_global, params_local, fit_graph.window_sizes, parts=False)
+    assert landmarks.shape == (6, 68, 2)
+    assert (landmarks - expected.landmarks).abs().max() < 0.01
+    torch.testing.assert_close(found_local, expected.params_local, atol=0.05, rtol=0)
+    torch.testing.assert_close(likelihood, expected.likelihood, atol=1e-3, rtol=0)
+    alone = run(runtime, padded[2:3], torch.zeros(1, dtype=torch.long), params_global[2:3], params_local[2:3])[0]
+    assert (alone[0] - expected.landmarks[2]).abs().max() < 0.01
+
+
+def test_command_writes_where_asked(models_dir, tmp_path, capsys):
+    assert default_folder() == cache_dir() / "export"          # a checkout's ignored weights/, or the user cache
+    assert main(["--models", str(models_dir), "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out"),
+                 "--what", "experts", "--windows", "0", "0", "7"]) == 0
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["main_clnf_general_experts_0.5_w7.onnx"]
+    assert "maps" in capsys.readouterr().out
