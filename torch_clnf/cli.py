@@ -112,7 +112,40 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = ("convert", "image", "video")
+def _download(args: argparse.Namespace) -> int:
+    from .download import (ACCEPT_ENV, LICENSE_SUMMARY, DownloadError, download_models, license_accepted_by_environment,
+                           model_files)
+    from .weights import models_dir
+
+    target = args.dir if args.dir is not None else models_dir()
+    accepted = args.accept_license or license_accepted_by_environment()
+    if not accepted:
+        print(LICENSE_SUMMARY)
+        try:
+            answer = input("Type YES to accept OpenFace's license and download its model files: ")
+        except EOFError:
+            answer = ""
+        if answer.strip() != "YES":
+            print(f"torch-clnf: license not accepted, nothing downloaded (for unattended use: --accept-license or "
+                  f"{ACCEPT_ENV}=YES)", file=sys.stderr)
+            return 1
+    files = model_files(args.ceclm)
+    size = sum(f.size for f in files) / 1e6
+    print(f"{len(files)} files ({size:.0f} MB) into {target}")
+    try:
+        download_models(target, ceclm=args.ceclm, accept_license=True, mirror=args.mirror, progress=not args.quiet)
+    except DownloadError as err:
+        print(f"torch-clnf: error: {err}", file=sys.stderr)
+        return 1
+    unchecked = [f.path for f in files if f.sha256 is None]
+    if unchecked:
+        print(f"checked by size only (no published SHA-256): {', '.join(unchecked)}")
+    where = "" if args.dir is None else f" with --models {target} (or {MODELS_ENV}={target})"
+    print(f"done: every file checked; load_model() and the commands find them{where}")
+    return 0
+
+
+COMMANDS = ("convert", "download-models", "image", "video")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,6 +157,18 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--cache", type=Path, help="cache folder (default: $TORCH_CLNF_CACHE, a checkout's weights/, or ~/.cache/torch_clnf)")
     conv.add_argument("--force", action="store_true", help="convert again even if an up-to-date conversion is cached")
     conv.set_defaults(run=_convert)
+
+    down = commands.add_parser("download-models", help="download OpenFace's model files (asks you to accept "
+                               "OpenFace's license) from its official sources, checked against their SHA-256")
+    down.add_argument("--dir", type=Path, help=f"where to put them (default: ${MODELS_ENV}, else a per-user data "
+                      "folder, where the other commands look)")
+    down.add_argument("--ceclm", action="store_true", help="also CE-CLM's files (its four CEN expert files: 430 MB)")
+    down.add_argument("--accept-license", action="store_true", help="accept OpenFace's license without asking "
+                      "(or set TORCH_CLNF_ACCEPT_LICENSE=YES)")
+    down.add_argument("--mirror", help="a base URL serving OpenFace's model folder instead of its official sources "
+                      "(default: $TORCH_CLNF_MODELS_URL)")
+    down.add_argument("--quiet", action="store_true", help="no progress bar")
+    down.set_defaults(run=_download)
 
     image = commands.add_parser("image", help="fit 68 landmarks to faces in images")
     image.add_argument("paths", nargs="+", type=Path, help="image files")
@@ -154,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _model_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--model", default="main_clnf_general.txt", help="main spec (default: main_clnf_general.txt; "
                          "main_ceclm_general.txt for CE-CLM)")
-    command.add_argument("--models", type=Path, help=f"OpenFace model folder (default: ${MODELS_ENV})")
+    command.add_argument("--models", type=Path, help=f"OpenFace model folder (default: ${MODELS_ENV}, else where "
+                         "download-models puts them)")
     command.add_argument("--device", default="cpu", help="cpu, cuda or mps")
     command.add_argument("--no-parts", action="store_true", help="skip the hierarchical inner-face and eye models")
 

@@ -26,19 +26,36 @@ _TYPES = {cls.__name__: cls for cls in (openface.OpenFaceModel, openface.PartMod
                                          openface.CCNFPatchExperts, openface.CENPatchExperts, openface.EarlyTermination)}
 
 
+def models_dir() -> Path:
+    """Where OpenFace's model files are looked for, and downloaded to: ``$TORCH_CLNF_MODELS``, else
+    the per-user data folder (e.g. ``~/.local/share/torch_clnf/openface-2.2.0`` on Linux,
+    ``~/Library/Application Support/torch_clnf/openface-2.2.0`` on macOS)."""
+    if os.environ.get(MODELS_ENV):
+        return Path(os.environ[MODELS_ENV]).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("torch_clnf", appauthor=False)) / "openface-2.2.0"
+
+
 def resolve_spec(spec: str | Path, models: str | Path | None = None) -> Path:
     """The main spec file: ``spec`` itself if it exists, else ``spec`` inside the model folder.
 
-    The model folder is ``models`` or, when that is None, the ``TORCH_CLNF_MODELS`` variable.
+    The model folder is ``models`` or, when that is None, :func:`models_dir`. When the spec is
+    in neither, the error says how to get OpenFace's files (``torch-clnf download-models``).
     """
     path = Path(spec).expanduser()
     if path.is_file():
         return path.absolute()
-    folder = models if models is not None else os.environ.get(MODELS_ENV)
-    if folder is not None and not path.is_absolute() and (Path(folder).expanduser() / path).is_file():
-        return (Path(folder).expanduser() / path).absolute()
-    where = f" (looked in {folder})" if folder is not None else f" (set {MODELS_ENV} to OpenFace's model folder, or give a path)"
-    raise ModelFileError(path, None, f"model spec not found{where}")
+    folder = Path(models).expanduser() if models is not None else models_dir()
+    if not path.is_absolute() and (folder / path).is_file():
+        return (folder / path).absolute()
+    if path.is_absolute():
+        raise ModelFileError(path, None, "model spec not found")
+    ceclm = " --ceclm" if "ceclm" in path.name else ""
+    raise ModelFileError(path, None, f"model spec not found in {folder}. OpenFace's model files are not shipped "
+                         f"with torch_clnf (their license forbids it): run `torch-clnf download-models{ceclm}` to "
+                         f"fetch them into {models_dir()}, or set {MODELS_ENV} to a folder that holds them, or "
+                         "give the folder (--models, or load_model(models=...))")
 
 
 def cache_dir(cache: str | Path | None = None) -> Path:
