@@ -145,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
     args = parser.parse_args(argv)
+    if args.dtype != "float32":
+        parser.error("Core ML computes in float32 at most: --dtype float64 is for the ONNX export")
     graphs, folder = from_arguments(args)
     for stem, graph in graphs.items():
         start = time.perf_counter()

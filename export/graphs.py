@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from torch_clnf.fitting import FitConfig, ModelFitter
@@ -53,12 +54,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--iterations", type=int, default=FitConfig.iterations,
                         help="NU-RLMS iterations of each phase in the exported fit (default OpenFace's 5)")
     parser.add_argument("--windows", type=int, nargs="+", help="window size per scale (default 11 9 7 5; 0 skips a scale)")
+    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                        help="precision of the exported graphs (float64: for parity checks and servers; file names "
+                        "end in _f64; ONNX only, Core ML computes in float32 at most)")
 
 
 def from_arguments(args: argparse.Namespace) -> tuple[dict[str, nn.Module], Path]:
     """The graphs the parsed options ask for, and the output folder (created)."""
-    fitter = load_fitter(args.model, args.models, FitConfig(iterations=args.iterations), args.cache)
-    name = Path(str(args.model)).stem
+    dtype = getattr(torch, getattr(args, "dtype", "float32"))
+    fitter = load_fitter(args.model, args.models, FitConfig(iterations=args.iterations), args.cache, dtype)
+    name = Path(str(args.model)).stem + ("_f64" if dtype == torch.float64 else "")
     folder = args.out or default_folder()
     folder.mkdir(parents=True, exist_ok=True)
     return graphs(fitter, name, args.what, tuple(args.windows) if args.windows else None), folder

@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..models.linalg import atan2
+
 
 def align_similarity(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """The 2×2 scale-and-rotation that best maps centred ``source`` shapes onto ``target`` shapes.
@@ -24,7 +26,7 @@ def align_similarity(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor
     src, dst = src / src_rms[:, None, None], dst / dst_rms[:, None, None]
     dot = (src * dst).sum((1, 2))
     cross = (src[..., 0] * dst[..., 1] - src[..., 1] * dst[..., 0]).sum(1)
-    angle = torch.atan2(cross, dot)
+    angle = atan2(cross, dot)
     cos, sin = torch.cos(angle), torch.sin(angle)
     rotation = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)
     return (dst_rms / src_rms)[:, None, None] * rotation

@@ -1,4 +1,5 @@
-"""Small batched linear algebra that also runs as a static graph (ONNX and Core ML have no LAPACK ops)."""
+"""Small batched linear algebra and angles that also run as a static graph (ONNX and Core ML have no
+LAPACK ops; onnxruntime has no float64 ``Atan``, ``Asin`` or ``Conv``)."""
 from __future__ import annotations
 
 import torch
@@ -43,3 +44,21 @@ def inverse(a: torch.Tensor) -> torch.Tensor:
     p, q, r, s = a[:, 0, 0], a[:, 0, 1], a[:, 1, 0], a[:, 1, 1]
     det = p * s - q * r
     return torch.stack([torch.stack([s, -q], -1), torch.stack([-r, p], -1)], -2) / det[:, None, None]
+
+
+def atan2(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``torch.atan2``; inside :func:`~torch_clnf.models.sync.fixed_iterations` in float64, the
+    float32 angle refined by one Newton step on ``y cos θ − x sin θ = 0`` (float64-exact: the
+    float32 error squared), since onnxruntime computes ``Atan`` in float32 only."""
+    if not static_graph() or y.dtype != torch.float64:
+        return torch.atan2(y, x)
+    angle = torch.atan2(y.float(), x.float()).to(y.dtype)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    return angle + (y * cos - x * sin) / (x * cos + y * sin)
+
+
+def asin(v: torch.Tensor) -> torch.Tensor:
+    """``torch.asin`` of values in [−1, 1] (as :func:`atan2` inside a float64 static graph)."""
+    if not static_graph() or v.dtype != torch.float64:
+        return torch.asin(v)
+    return atan2(v, torch.sqrt((1 - v * v).clamp(min=0)))

@@ -5,6 +5,8 @@ import math
 
 import torch
 
+from .linalg import asin, atan2
+
 
 def _euler_terms() -> torch.Tensor:
     """(27, 9): ``R = Rx(pitch) Ry(yaw) Rz(roll)`` as a linear map of the 27 products
@@ -68,8 +70,8 @@ def matrix_to_euler(rotation: torch.Tensor) -> torch.Tensor:
         (..., 3) radians.
     """
     picked = rotation.flatten(-2)[..., _constant(_EULER_ENTRIES, rotation, torch.long)]   # R02, R12, R01, R22, R00, R11
-    yaw = torch.asin(picked[..., 0].clamp(-1, 1))
-    pitch_roll = torch.atan2(-picked[..., 1:3], picked[..., 3:5])               # atan2(-R12, R22), atan2(-R01, R00)
+    yaw = asin(picked[..., 0].clamp(-1, 1))
+    pitch_roll = atan2(-picked[..., 1:3], picked[..., 3:5])               # atan2(-R12, R22), atan2(-R01, R00)
     euler = torch.stack([pitch_roll[..., 0], yaw, pitch_roll[..., 1]], -1)
     defined = picked[..., 3:].sum(-1) > -1                                        # 1 + trace(R) > 0
     return torch.where(defined[..., None], euler, torch.zeros_like(euler))

@@ -91,7 +91,7 @@ def correlation(centred: torch.Tensor, weight: torch.Tensor, stride: int = 1, of
     (B, C, K, h, w) filters, each batch entry its own, a gather of every window and a batched matmul.
     Returns (B, C, K, win_h', win_w') (see :func:`normalised_correlation`)."""
     channels, k, h, w = weight.shape[-4:]
-    if weight.dim() == 5:
+    if weight.dim() == 5 or (static_graph() and weight.dtype == torch.float64):   # onnxruntime: no float64 Conv
         return _per_entry_correlation(centred, weight, stride, offset)
     centred = centred[..., offset[0]:, offset[1]:]
     if channels_last:
@@ -112,8 +112,9 @@ def normalise(stats: WindowStatistics, z: torch.Tensor, weight_sums: torch.Tenso
 
 def _per_entry_correlation(centred: torch.Tensor, weight: torch.Tensor, stride: int,
                            offset: tuple[int, int]) -> torch.Tensor:
-    """(B, C, H, W) areas, (B, C, K, h, w) filters → (B, C, K, win_h', win_w') correlations: every
-    window gathered as a (taps, positions) column block (one gather) and one batched matmul."""
+    """(B, C, H, W) areas, (B, C, K, h, w) or shared (C, K, h, w) filters → (B, C, K, win_h', win_w')
+    correlations: every window gathered as a (taps, positions) column block (one gather) and one
+    batched matmul."""
     height, width = centred.shape[-2:]
     h, w = weight.shape[-2:]
     device = centred.device
