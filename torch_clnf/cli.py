@@ -175,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     image.add_argument("--box", type=_box, action="append", help="face box x,y,width,height in pixels: once for all "
                        "images, or once per image in order (default: every face the MTCNN detector finds)")
     image.add_argument("--csv", type=Path, help="write OpenFace-style columns to this CSV file")
-    image.add_argument("--draw", type=Path, help="write the image with its landmarks here (a folder for several images)")
+    image.add_argument("--draw", type=Path, help="write the image with its landmarks and head-pose axes here "
+                       "(a folder for several images)")
     _model_options(image)
     image.set_defaults(run=_image)
 
@@ -189,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "FeatureExtraction; more: OpenFace's multi-face tracking)")
     video.add_argument("--fit-every", type=int, default=1, help="fit every Nth frame, blending the frames between "
                        "(default 1: every frame; see bench/knobs.py for the accuracy cost)")
-    video.add_argument("--draw", action="store_true", help="also write <name>_landmarks.avi with the landmarks drawn")
+    video.add_argument("--draw", action="store_true", help="also write <name>_landmarks.avi with the landmarks and "
+                       "head-pose axes drawn")
     video.add_argument("--quiet", action="store_true", help="no progress bar")
     _model_options(video)
     video.set_defaults(run=_video)

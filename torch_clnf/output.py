@@ -9,7 +9,8 @@ import cv2
 import numpy as np
 import torch
 
-from .landmark_model import FitResult
+from .landmark_model import FitResult, camera
+from .models.rotation import euler_to_matrix
 
 
 def openface_columns(num_points: int = 68, num_modes: int = 34) -> list[str]:
@@ -77,12 +78,35 @@ class VideoCSV:
         self._stream.close()
 
 
-def draw_landmarks(image: np.ndarray, result: FitResult, image_number: int) -> np.ndarray:
-    """A BGR copy of the image with the landmarks of its faces (green: success, red: failed)."""
+def pose_axes(pose: torch.Tensor, width: int, height: int, length: float = 80.0) -> torch.Tensor:
+    """Where the heads' axes are in the image: for ``pose`` (B, 6) (OpenFace's ``pose_Tx … pose_Rz``:
+    mm and radians), (B, 4, 2) pixels: each head's centre and the ends of its x (towards the face's
+    left), y (down) and z (out of the face, towards the camera for a frontal face) axes, ``length``
+    mm long, projected with OpenFace's default camera for a ``width`` × ``height`` image."""
+    pose = pose.detach().cpu().double()
+    f, cx, cy = camera(torch.tensor([[width, height]], dtype=pose.dtype))[0].tolist()
+    ends = torch.cat([pose.new_zeros(1, 3), torch.diag(pose.new_tensor([length, length, -length]))])   # head frame, mm
+    points = ends @ euler_to_matrix(pose[:, 3:]).transpose(1, 2) + pose[:, None, :3]                 # (B, 4, 3) camera
+    return f * points[..., :2] / points[..., 2:] + pose.new_tensor([cx, cy])
+
+
+def draw_landmarks(image: np.ndarray, result: FitResult, image_number: int, axes: bool = True) -> np.ndarray:
+    """A BGR copy of the image with the landmarks of its faces (green: success, red: failed) and,
+    with ``axes``, each successful face's head-pose axes (:func:`pose_axes`; x red, y green, z blue)."""
     canvas = image.copy() if image.ndim == 3 else cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
     radius = max(1, round(max(canvas.shape[:2]) / 300))
-    for k in (result.image_index == image_number).nonzero().flatten().tolist():
+    faces = (result.image_index == image_number).nonzero().flatten().tolist()
+    for k in faces:
         colour = (0, 200, 0) if bool(result.success[k]) else (0, 0, 255)
         for x, y in result.landmarks[k].tolist():
             cv2.circle(canvas, (round(x), round(y)), radius, colour, -1, cv2.LINE_AA)
+    if axes and faces:
+        height, width = canvas.shape[:2]
+        projected = pose_axes(result.pose[faces], width, height, length=40.0)
+        for k, ends in zip(faces, projected.tolist()):
+            if not bool(result.success[k]) or not np.isfinite(ends).all():
+                continue
+            centre = tuple(round(v) for v in ends[0])
+            for end, colour in zip(ends[1:], ((0, 0, 255), (0, 200, 0), (255, 0, 0))):   # BGR: x red, y green, z blue
+                cv2.line(canvas, centre, tuple(round(v) for v in end), colour, radius + 1, cv2.LINE_AA)
     return canvas

@@ -1,0 +1,49 @@
+"""Drawing: head-pose axes projected with OpenFace's camera, landmarks and axes on the image."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import torch_clnf
+from reference import boxes, rows
+from torch_clnf.output import draw_landmarks, pose_axes
+
+
+@pytest.fixture(scope="module")
+def fitted(models_dir, media_dir, reference_dir, tmp_path_factory):
+    """sample1.jpg fitted from its recorded box: (image, result)."""
+    records = rows(reference_dir / "openface_cpp/images_default.csv")[:1]
+    model = torch_clnf.load_model(models=models_dir, cache=tmp_path_factory.mktemp("cache"))
+    image = cv2.imread(str(media_dir / records[0]["file_or_frame"]))
+    return image, model.fit([image], boxes(records))
+
+
+def test_axes_start_at_the_projected_head_centre(fitted):
+    image, result = fitted
+    height, width = image.shape[:2]
+    axes = pose_axes(result.pose, width, height)
+    assert axes.shape == (1, 4, 2)
+    # the PDM's origin projects to the 2D translation of the global params
+    torch.testing.assert_close(axes[:, 0].float(), result.params_global[:, 4:], atol=1e-3, rtol=0)
+    lengths = (axes[0, 1:] - axes[0, 0]).norm(dim=-1)
+    assert lengths[0] > 20 and lengths[1] > 20          # x and y lie across the image ...
+    assert lengths[2] < lengths[:2].min()              # ... z mostly towards the camera (a near-frontal face)
+
+
+def test_a_frontal_head_has_axes_along_the_image_axes():
+    pose = torch.tensor([[0.0, 0.0, 500.0, 0.0, 0.0, 0.0]])              # 500 mm in front of the camera
+    axes = pose_axes(pose, 640, 480, length=50.0)[0]
+    torch.testing.assert_close(axes, torch.tensor([[320.0, 240.0], [370.0, 240.0], [320.0, 290.0], [320.0, 240.0]],
+                                                  dtype=axes.dtype))
+
+
+def test_drawing_shows_landmarks_and_axes(fitted):
+    image, result = fitted
+    plain = draw_landmarks(image, result, 0, axes=False)
+    drawn = draw_landmarks(image, result, 0)
+    assert drawn.shape == image.shape and not np.array_equal(plain, image)
+    changed = np.any(drawn != plain, axis=-1)
+    assert changed.sum() > 50                           # the axes' lines
+    assert np.array_equal(draw_landmarks(image, result, 1), image)       # no face in image 1: unchanged
