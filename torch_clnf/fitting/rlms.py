@@ -48,10 +48,24 @@ class PhaseResult(NamedTuple):
     failed: torch.Tensor
 
 
+class _Iterate(NamedTuple):
+    """The state NU-RLMS carries from one iteration to the next (all (B, ...) batched)."""
+
+    params_global: torch.Tensor
+    params_local: torch.Tensor
+    rotation: torch.Tensor          # (B, 3, 3), the rotation of params_global (see PointDistributionModel.rotate)
+    shape: torch.Tensor             # (B, n, 2) the projection of the params, pixels
+    jacobian: torch.Tensor          # (B, n, 2, k) its Jacobian
+    running: torch.Tensor           # (B,) bool, neither converged nor failed nor inactive
+    failed: torch.Tensor            # (B,) bool
+    moved: torch.Tensor             # (B,) bool, took at least one step
+    last: torch.Tensor              # (B, n, 2) map positions of the last step, for the likelihood
+
+
 def nu_rlms(pdm: PointDistributionModel, params_global: torch.Tensor, params_local: torch.Tensor,
             frame: ResponseFrame, rigid: bool, sigma: float, reg_factor: float, iterations: int,
             active: torch.Tensor, convergence: float = 0.01, kde_step: float = 0.1, shape_sigmas: float = 3.0,
-            ) -> PhaseResult:
+            compiled: bool = False) -> PhaseResult:
     """One NU-RLMS phase (rigid only, or rigid + non-rigid) for a batch of faces.
 
     Each iteration: mean-shift of every landmark on its response map (KDE ``sigma``), mapped to
@@ -63,56 +77,76 @@ def nu_rlms(pdm: PointDistributionModel, params_global: torch.Tensor, params_loc
     Args:
         params_global: (B, 6); params_local: (B, m).
         active: (B,) bool, the faces to fit.
+        compiled: run each iteration as a ``torch.compile``\ d graph (:mod:`.compiled`; same results
+            up to float rounding).
     """
-    batch = params_global.shape[0]
     window = frame.maps.shape[-1]
-    centre = (window - 1) / 2
     prior = params_global.new_zeros(6 if rigid else 6 + pdm.num_modes)
     if not rigid:
         prior[6:] = reg_factor / pdm.eigenvalues
-    weights = (frame.weights * frame.visible).repeat_interleave(2, 1)[..., None]  # (B, 2n, 1)
-    regulariser = torch.diag(prior)
-    identity = torch.eye(len(prior), dtype=prior.dtype, device=prior.device)
-    running = active.clone()
-    failed = torch.zeros_like(active)
-    moved = torch.zeros_like(active)
-    previous = None
-    to_reference = frame.image_to_reference.transpose(1, 2)
-    last = (pdm.project(params_global, params_local) - frame.base_shape) @ to_reference + centre   # for the likelihood
     # the rotation is carried as a matrix through the iterations and read back as Euler angles at
     # the end (OpenFace converts at every step: the same rotation, up to float rounding)
     start_rotation = params_global[:, 1:4]
     rotation = euler_to_matrix(start_rotation)
-    for _ in range(iterations):
-        shape, jacobian = pdm.project_with_jacobian(params_global, params_local, rigid, rotation)  # (B, n, 2), (B, n, 2, k)
-        if previous is not None:
-            running = running & (torch.linalg.vector_norm((shape - previous).flatten(1), dim=1) >= convergence)
-        if syncs_cheaply(running) and not bool(running.any()):
+    shape, jacobian = pdm.project_with_jacobian(params_global, params_local, rigid, rotation)   # (B, n, 2), (B, n, 2, k)
+    last = (shape - frame.base_shape) @ frame.image_to_reference.transpose(1, 2) + (window - 1) / 2   # for the likelihood
+    state = _Iterate(params_global, params_local, rotation, shape, jacobian, active.clone(), torch.zeros_like(active),
+                     torch.zeros_like(active), last)
+    if compiled:
+        from .compiled import compiled_iterations
+        state = compiled_iterations()(pdm, frame, state, prior, rigid, sigma, convergence, kde_step, shape_sigmas,
+                                      iterations)
+    for _ in range(0 if compiled else iterations):
+        if syncs_cheaply(state.running) and not bool(state.running.any()):
             break
-        previous = shape
-        position = (shape - frame.base_shape) @ to_reference + centre                # (B, n, 2) map pixels
-        last = torch.where(running[:, None, None], position, last)
-        shift = mean_shift(frame.maps, position[..., 0], position[..., 1], sigma, kde_step)
-        shift = (shift @ frame.reference_to_image.transpose(1, 2)) * frame.visible[..., None]
-        jacobian = jacobian.flatten(1, 2)                                            # (B, 2n, k)
-        weighted = (jacobian * weights).transpose(1, 2)                             # (B, k, 2n)
-        gradient = (weighted @ shift.reshape(batch, -1, 1)).squeeze(-1)
-        if not rigid:
-            gradient[:, 6:] -= prior[6:] * params_local
-        hessian = torch.where(running[:, None, None], regulariser + weighted @ jacobian, identity)
-        step, info = solve(hessian, gradient.unsqueeze(-1))
-        step = step.squeeze(-1)
-        unsolved = running & ((info != 0) | ~torch.isfinite(step).all(1))
-        failed = failed | unsolved
-        running = running & ~unsolved
-        new_global, new_local = pdm.add_step(params_global, params_local, step)
-        new_local = pdm.clamp(new_local, shape_sigmas)
-        keep = running[:, None]
-        params_global = torch.where(keep, new_global, params_global)
-        params_local = torch.where(keep, new_local, params_local)
-        rotation = torch.where(keep[..., None], pdm.rotate(rotation, step), rotation)
-        moved = moved | running
-    euler = torch.where(moved[:, None], matrix_to_euler(rotation), start_rotation)
-    params_global = torch.cat([params_global[:, :1], euler, params_global[:, 4:]], 1)
-    likelihood = log_likelihood(frame.maps, last[..., 0], last[..., 1], frame.visible, sigma)
-    return PhaseResult(params_global, params_local, likelihood, failed)
+        state = iteration(pdm, frame, state, prior, rigid, sigma, convergence, kde_step, shape_sigmas)
+    euler = torch.where(state.moved[:, None], matrix_to_euler(state.rotation), start_rotation)
+    params_global = torch.cat([state.params_global[:, :1], euler, state.params_global[:, 4:]], 1)
+    likelihood = log_likelihood(frame.maps, state.last[..., 0], state.last[..., 1], frame.visible, sigma)
+    return PhaseResult(params_global, state.params_local, likelihood, state.failed)
+
+
+def iterations_unrolled(pdm: PointDistributionModel, frame: ResponseFrame, state: _Iterate, prior: torch.Tensor,
+                        rigid: bool, sigma: float, convergence: float, kde_step: float, shape_sigmas: float,
+                        iterations: int) -> _Iterate:
+    """``iterations`` of :func:`iteration` without early exit (finished faces are masked, so the
+    result is the early-exiting loop's): one graph for ``torch.compile``."""
+    for _ in range(iterations):
+        state = iteration(pdm, frame, state, prior, rigid, sigma, convergence, kde_step, shape_sigmas)
+    return state
+
+
+def iteration(pdm: PointDistributionModel, frame: ResponseFrame, state: _Iterate, prior: torch.Tensor, rigid: bool,
+              sigma: float, convergence: float, kde_step: float, shape_sigmas: float) -> _Iterate:
+    """One NU-RLMS iteration of :func:`nu_rlms`: the step from ``state.shape``, then the new shape
+    and which faces still run. Reads nothing back on the host (so it compiles to one graph)."""
+    params_global, params_local, rotation, shape, jacobian, running, failed, moved, last = state
+    batch = params_global.shape[0]
+    centre = (frame.maps.shape[-1] - 1) / 2
+    weights = (frame.weights * frame.visible).repeat_interleave(2, 1)[..., None]  # (B, 2n, 1)
+    identity = torch.eye(len(prior), dtype=prior.dtype, device=prior.device)
+    position = (shape - frame.base_shape) @ frame.image_to_reference.transpose(1, 2) + centre   # (B, n, 2) map pixels
+    last = torch.where(running[:, None, None], position, last)
+    shift = mean_shift(frame.maps, position[..., 0], position[..., 1], sigma, kde_step)
+    shift = (shift @ frame.reference_to_image.transpose(1, 2)) * frame.visible[..., None]
+    jacobian = jacobian.flatten(1, 2)                                            # (B, 2n, k)
+    weighted = (jacobian * weights).transpose(1, 2)                             # (B, k, 2n)
+    gradient = (weighted @ shift.reshape(batch, -1, 1)).squeeze(-1)
+    if not rigid:
+        gradient[:, 6:] -= prior[6:] * params_local
+    hessian = torch.where(running[:, None, None], torch.diag(prior) + weighted @ jacobian, identity)
+    step, info = solve(hessian, gradient.unsqueeze(-1))
+    step = step.squeeze(-1)
+    unsolved = running & ((info != 0) | ~torch.isfinite(step).all(1))
+    failed = failed | unsolved
+    running = running & ~unsolved
+    new_global, new_local = pdm.add_step(params_global, params_local, step)
+    new_local = pdm.clamp(new_local, shape_sigmas)
+    keep = running[:, None]
+    params_global = torch.where(keep, new_global, params_global)
+    params_local = torch.where(keep, new_local, params_local)
+    rotation = torch.where(keep[..., None], pdm.rotate(rotation, step), rotation)
+    moved = moved | running
+    new_shape, jacobian = pdm.project_with_jacobian(params_global, params_local, rigid, rotation)
+    running = running & (torch.linalg.vector_norm((new_shape - shape).flatten(1), dim=1) >= convergence)
+    return _Iterate(params_global, params_local, rotation, new_shape, jacobian, running, failed, moved, last)
