@@ -26,7 +26,8 @@ def _load(args: argparse.Namespace):
     from .fitting import FitConfig
     from .landmark_model import load_model
 
-    return load_model(args.model, args.models, device=args.device, config=FitConfig(refine_hierarchical=not args.no_parts))
+    config = FitConfig(refine_hierarchical=not args.no_parts, compile=args.compile)
+    return load_model(args.model, args.models, device=args.device, config=config)
 
 
 def _image(args: argparse.Namespace) -> int:
@@ -205,6 +206,8 @@ def _model_options(command: argparse.ArgumentParser) -> None:
                          "download-models puts them)")
     command.add_argument("--device", default="cpu", help="cpu, cuda or mps")
     command.add_argument("--no-parts", action="store_true", help="skip the hierarchical inner-face and eye models")
+    command.add_argument("--compile", action="store_true", help="compile NU-RLMS with torch.compile: about 1.5x "
+                         "faster on a CPU after minutes of compiling (cached on disk); for long runs")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -114,7 +114,7 @@ class ModelFitter(nn.Module):
             view = torch.where(active, view_now, view)
             for rigid in (True, False):
                 phase = nu_rlms(self.pdm, params_global, params_local, frame, rigid, sigma, reg, cfg.iterations,
-                                active, cfg.convergence, cfg.kde_step, cfg.shape_sigmas)
+                                active, cfg.convergence, cfg.kde_step, cfg.shape_sigmas, cfg.compile)
                 params_global, params_local = phase.params_global, phase.params_local
                 success = success & ~phase.failed
                 active = active & ~phase.failed

@@ -1,0 +1,52 @@
+"""FitConfig(compile=True): NU-RLMS iterations through torch.compile give the eager fit's landmarks,
+and a compilation failure falls back to eager iterations with a warning."""
+from __future__ import annotations
+
+import cv2
+import pytest
+import torch
+
+import torch_clnf
+from reference import boxes, rows
+from torch_clnf.fitting import FitConfig, compiled
+
+# one scale, no parts: two graphs (rigid, non-rigid) to compile, well under a minute
+CONFIG = dict(window_sizes=(11, 0, 0, 0), refine_hierarchical=False, validate=False)
+
+
+@pytest.fixture(scope="module")
+def sample(media_dir, reference_dir):
+    """Two reference images (sample1, sample2), grey, and their recorded boxes."""
+    records = rows(reference_dir / "openface_cpp/images_default.csv")[:2]
+    images = [cv2.imread(str(media_dir / r["file_or_frame"]), cv2.IMREAD_GRAYSCALE) for r in records]
+    return images, boxes(records)
+
+
+def test_compiled_iterations_match_eager(models_dir, sample, tmp_path):
+    images, face_boxes = sample
+    eager = torch_clnf.load_model(models=models_dir, cache=tmp_path, config=FitConfig(**CONFIG), detector=False)
+    fast = torch_clnf.load_model(models=models_dir, cache=tmp_path, config=FitConfig(compile=True, **CONFIG),
+                                 detector=False)
+    expected = eager.fit(images, face_boxes)
+    found = fast.fit(images, face_boxes)
+    assert not compiled._broken
+    assert (found.landmarks - expected.landmarks).norm(dim=-1).max() < 0.01
+    assert torch.equal(found.success, expected.success)
+    again = fast.fit(images[:1], face_boxes[:1])                     # another batch size
+    assert (again.landmarks[0] - expected.landmarks[0]).norm(dim=-1).max() < 0.01
+
+
+def test_a_compilation_failure_runs_eagerly(models_dir, sample, tmp_path, monkeypatch):
+    def fail(*args, **kwargs):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(compiled, "_compiled", fail)
+    monkeypatch.setattr(compiled, "_broken", False)
+    images, face_boxes = sample
+    model = torch_clnf.load_model(models=models_dir, cache=tmp_path, config=FitConfig(compile=True, **CONFIG),
+                                  detector=False)
+    with pytest.warns(RuntimeWarning, match="torch.compile failed, NU-RLMS runs uncompiled: RuntimeError: no C"):
+        found = model.fit(images[:1], face_boxes[:1])
+    expected = torch_clnf.load_model(models=models_dir, cache=tmp_path, config=FitConfig(**CONFIG),
+                                     detector=False).fit(images[:1], face_boxes[:1])
+    assert torch.equal(found.landmarks, expected.landmarks)
