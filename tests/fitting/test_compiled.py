@@ -1,4 +1,4 @@
-"""FitConfig(compile=True): NU-RLMS iterations through torch.compile give the eager fit's landmarks,
+"""FitConfig(compile=True): NU-RLMS phases and CalcParams through torch.compile give the eager fit's landmarks,
 and a compilation failure falls back to eager iterations with a warning."""
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import torch
 
 import torch_clnf
 from reference import boxes, rows
-from torch_clnf.fitting import FitConfig, compiled
+from torch_clnf.fitting import FitConfig
+from torch_clnf.models import compiling
 
 # one scale, no parts: two graphs (rigid, non-rigid) to compile, well under a minute
 CONFIG = dict(window_sizes=(11, 0, 0, 0), refine_hierarchical=False, validate=False)
@@ -29,7 +30,7 @@ def test_compiled_iterations_match_eager(models_dir, sample, tmp_path):
                                  detector=False)
     expected = eager.fit(images, face_boxes)
     found = fast.fit(images, face_boxes)
-    assert not compiled._broken
+    assert not compiling._broken
     assert (found.landmarks - expected.landmarks).norm(dim=-1).max() < 0.01
     assert torch.equal(found.success, expected.success)
     again = fast.fit(images[:1], face_boxes[:1])                     # another batch size
@@ -40,12 +41,13 @@ def test_a_compilation_failure_runs_eagerly(models_dir, sample, tmp_path, monkey
     def fail(*args, **kwargs):
         raise RuntimeError("no C++ compiler")
 
-    monkeypatch.setattr(compiled, "_compiled", fail)
-    monkeypatch.setattr(compiled, "_broken", False)
+    monkeypatch.setattr(compiling, "_compiled", {})
+    monkeypatch.setattr(compiling, "_broken", False)
+    monkeypatch.setattr(compiling.torch, "compile", lambda function, **options: fail)
     images, face_boxes = sample
     model = torch_clnf.load_model(models=models_dir, cache=tmp_path, config=FitConfig(compile=True, **CONFIG),
                                   detector=False)
-    with pytest.warns(RuntimeWarning, match="torch.compile failed, NU-RLMS runs uncompiled: RuntimeError: no C"):
+    with pytest.warns(RuntimeWarning, match="torch.compile failed, the fit runs uncompiled: RuntimeError: no C"):
         found = model.fit(images[:1], face_boxes[:1])
     expected = torch_clnf.load_model(models=models_dir, cache=tmp_path, config=FitConfig(**CONFIG),
                                      detector=False).fit(images[:1], face_boxes[:1])

@@ -44,9 +44,10 @@ class FitConfig:
         convergence: a phase stops when the shape moves less than this (pixels, whole shape).
         refine_parameters: adapt sigma, reg_factor and weight_factor to each scale's patch size.
         refine_hierarchical: refit the part models (inner face, eyes) after the main fit.
-        compile: run NU-RLMS iterations as ``torch.compile``\ d graphs (:mod:`.compiled`): about
-            1.5× faster tracking on a CPU, same results up to float rounding, but the first fits
-            of a process compile for minutes (cached on disk for later processes).
+        compile: run NU-RLMS phases and CalcParams steps as ``torch.compile``\ d graphs
+            (:mod:`~torch_clnf.models.compiling`): about 1.5× faster tracking on a CPU, same
+            results up to float rounding, but the first fits of a process compile for minutes
+            (cached on disk for later processes).
         min_scale: a fit whose scale drops below this fails (the face is too small).
         kde_step: the mean-shift's KDE grid, reference-frame pixels.
         shape_sigmas: local params are clamped to ± this many standard deviations.

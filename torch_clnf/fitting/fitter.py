@@ -146,7 +146,7 @@ class ModelFitter(nn.Module):
             part_landmarks[:, part_index] = state.landmarks[:, main_index]
             given = torch.zeros(landmarks.shape[0], points, dtype=torch.bool, device=landmarks.device)
             given[:, part_index] = True
-            g, p = part.pdm.params_from_landmarks(part_landmarks, given)
+            g, p = part.pdm.params_from_landmarks(part_landmarks, given, compiled=self.config.compile)
             use = active & (state.params_global[:, 0] > 0.9 * part.patch_scales[0])
             if not syncs_cheaply(use) or bool(use.any()):
                 fitted = part.fit(padded, image_index, g, p, part.config.window_sizes, use)
@@ -155,7 +155,7 @@ class ModelFitter(nn.Module):
             landmarks[:, main_index] = torch.where(active[:, None, None], refined[:, part_index], landmarks[:, main_index])
             used_any = used_any | use
         if not syncs_cheaply(used_any) or bool(used_any.any()):
-            g, p = self.pdm.params_from_landmarks(landmarks)
+            g, p = self.pdm.params_from_landmarks(landmarks, compiled=self.config.compile)
             keep = used_any[:, None]
             state.params_global = torch.where(keep, g, state.params_global)
             state.params_local = torch.where(keep, p, state.params_local)

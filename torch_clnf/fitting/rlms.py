@@ -7,6 +7,7 @@ from typing import NamedTuple
 import torch
 
 from ..models import PointDistributionModel
+from ..models.compiling import compiled_function
 from ..models.linalg import solve
 from ..models.rotation import euler_to_matrix, matrix_to_euler
 from ..models.sync import syncs_cheaply
@@ -77,8 +78,8 @@ def nu_rlms(pdm: PointDistributionModel, params_global: torch.Tensor, params_loc
     Args:
         params_global: (B, 6); params_local: (B, m).
         active: (B,) bool, the faces to fit.
-        compiled: run each iteration as a ``torch.compile``\ d graph (:mod:`.compiled`; same results
-            up to float rounding).
+        compiled: run the phase as one ``torch.compile``\ d graph of ``iterations`` masked
+            iterations (:mod:`~torch_clnf.models.compiling`; same results up to float rounding).
     """
     window = frame.maps.shape[-1]
     prior = params_global.new_zeros(6 if rigid else 6 + pdm.num_modes)
@@ -93,9 +94,8 @@ def nu_rlms(pdm: PointDistributionModel, params_global: torch.Tensor, params_loc
     state = _Iterate(params_global, params_local, rotation, shape, jacobian, active.clone(), torch.zeros_like(active),
                      torch.zeros_like(active), last)
     if compiled:
-        from .compiled import compiled_iterations
-        state = compiled_iterations()(pdm, frame, state, prior, rigid, sigma, convergence, kde_step, shape_sigmas,
-                                      iterations)
+        state = compiled_function(iterations_unrolled)(pdm, frame, state, prior, rigid, sigma, convergence, kde_step,
+                                                       shape_sigmas, iterations)
     for _ in range(0 if compiled else iterations):
         if syncs_cheaply(state.running) and not bool(state.running.any()):
             break

@@ -163,7 +163,7 @@ class PointDistributionModel(nn.Module):
 
     def params_from_landmarks(self, landmarks: torch.Tensor, visible: torch.Tensor | None = None,
                               rotation: torch.Tensor | None = None, max_iterations: int = 1000,
-                              ) -> tuple[torch.Tensor, torch.Tensor]:
+                              compiled: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Global and local params whose projection best fits given 2D landmarks (least squares).
 
         Regularised Gauss-Newton with damping 0.75 and prior ``1 / eigenvalue`` on the local
@@ -174,6 +174,8 @@ class PointDistributionModel(nn.Module):
             landmarks: (B, n, 2) pixels.
             visible: (B, n) bool, landmarks to use (default all).
             rotation: (B, 3) initial rotation, radians (default 0).
+            compiled: run the steps as ``torch.compile``\ d blocks of :data:`CHECK_EVERY` (same
+                results up to float rounding; see :mod:`.compiling`).
         Returns:
             (B, 6) global params, (B, m) local params.
         """
@@ -199,34 +201,61 @@ class PointDistributionModel(nn.Module):
         weight2 = weight.repeat_interleave(2, 1)[..., None]                          # (B, 2n, 1)
         current = torch.sqrt((((projected - landmarks) ** 2).sum(-1) * weight).sum(1))
         stalls = torch.zeros(batch, dtype=torch.long, device=landmarks.device)
-        check_every = 1 if syncs_cheaply(landmarks) else 8          # GPUs: read the flags back less often
-        for iteration in range(max_iterations):
-            active = stalls < 3
-            if iteration % check_every == 0 and not bool(active.any()):
-                break
-            residual = ((landmarks - projected) * weight[..., None]).reshape(batch, -1, 1)   # (B, 2n, 1)
-            flat = jacobian.flatten(1, 2)                                             # (B, 2n, k)
-            weighted = (flat * weight2).transpose(1, 2)                               # (B, k, 2n)
-            gradient = (weighted @ residual).squeeze(-1)
-            gradient[:, 6:] -= prior[6:] * local
-            hessian = torch.diag(prior) + weighted @ flat
-            step, info = solve(hessian, gradient.unsqueeze(-1))
-            step = 0.75 * step.squeeze(-1)
-            unsolved = active & ((info != 0) | ~torch.isfinite(step).all(1))    # degenerate landmarks: stop there
-            stalls = torch.where(unsolved, torch.full_like(stalls, 3), stalls)
-            active = active & ~unsolved
-            new_rotation = self.rotate(rotation, step)
-            new_params, new_local = self.add_step(params, local, step)
-            new_projected, new_jacobian = self.project_with_jacobian(new_params, new_local, rotation=new_rotation)
-            new_error = torch.sqrt((((new_projected - landmarks) ** 2).sum(-1) * weight).sum(1))
-            keep = active[:, None]
-            params = torch.where(keep, new_params, params)
-            local = torch.where(keep, new_local, local)
-            projected = torch.where(keep[..., None], new_projected, projected)
-            jacobian = torch.where(keep[..., None, None], new_jacobian, jacobian)
-            rotation = torch.where(keep[..., None], new_rotation, rotation)
-            moved = moved | active
-            stalls = stalls + (active & (0.999 * current < new_error)).long()
-            current = torch.where(active, new_error, current)
+        state = (params, local, rotation, projected, jacobian, current, stalls, moved)
+        if compiled:                        # blocks of CHECK_EVERY masked steps, one compiled graph each
+            from .compiling import compiled_function
+
+            block = compiled_function(_calc_params_steps)
+            for _ in range(0, max_iterations, CHECK_EVERY):
+                if not bool((state[6] < 3).any()):
+                    break
+                state = block(self, landmarks, weight, weight2, prior, state, CHECK_EVERY)
+        else:
+            check_every = 1 if syncs_cheaply(landmarks) else CHECK_EVERY      # GPUs: read the flags back less often
+            for iteration in range(max_iterations):
+                if iteration % check_every == 0 and not bool((state[6] < 3).any()):
+                    break
+                state = _calc_params_steps(self, landmarks, weight, weight2, prior, state, 1)
+        params, local, rotation, _, _, _, _, moved = state
         euler = torch.where(moved[:, None], matrix_to_euler(rotation), start_rotation)
         return torch.cat([params[:, :1], euler, params[:, 4:]], 1), local
+
+
+CHECK_EVERY = 8      # CalcParams steps between reads of the stop flags (GPUs, compiled graphs)
+
+
+def _calc_params_steps(pdm: PointDistributionModel, landmarks: torch.Tensor, weight: torch.Tensor, weight2: torch.Tensor,
+                       prior: torch.Tensor, state: tuple[torch.Tensor, ...], steps: int) -> tuple[torch.Tensor, ...]:
+    """``steps`` damped Gauss-Newton steps of :meth:`PointDistributionModel.params_from_landmarks`
+    on ``state`` = (params, local, rotation, projected, jacobian, error, stalls, moved), ``weight2``
+    the (B, 2n, 1) per-coordinate ``weight``; a face
+    whose error stalled three times is left as it is. Reads nothing back on the host."""
+    params, local, rotation, projected, jacobian, current, stalls, moved = state
+    batch = params.shape[0]
+    for _ in range(steps):
+        active = stalls < 3
+        residual = ((landmarks - projected) * weight[..., None]).reshape(batch, -1, 1)   # (B, 2n, 1)
+        flat = jacobian.flatten(1, 2)                                             # (B, 2n, k)
+        weighted = (flat * weight2).transpose(1, 2)                               # (B, k, 2n)
+        gradient = (weighted @ residual).squeeze(-1)
+        gradient[:, 6:] -= prior[6:] * local
+        hessian = torch.diag(prior) + weighted @ flat
+        step, info = solve(hessian, gradient.unsqueeze(-1))
+        step = 0.75 * step.squeeze(-1)
+        unsolved = active & ((info != 0) | ~torch.isfinite(step).all(1))    # degenerate landmarks: stop there
+        stalls = torch.where(unsolved, torch.full_like(stalls, 3), stalls)
+        active = active & ~unsolved
+        new_rotation = pdm.rotate(rotation, step)
+        new_params, new_local = pdm.add_step(params, local, step)
+        new_projected, new_jacobian = pdm.project_with_jacobian(new_params, new_local, rotation=new_rotation)
+        new_error = torch.sqrt((((new_projected - landmarks) ** 2).sum(-1) * weight).sum(1))
+        keep = active[:, None]
+        params = torch.where(keep, new_params, params)
+        local = torch.where(keep, new_local, local)
+        projected = torch.where(keep[..., None], new_projected, projected)
+        jacobian = torch.where(keep[..., None, None], new_jacobian, jacobian)
+        rotation = torch.where(keep[..., None], new_rotation, rotation)
+        moved = moved | active
+        stalls = stalls + (active & (0.999 * current < new_error)).long()
+        current = torch.where(active, new_error, current)
+    return params, local, rotation, projected, jacobian, current, stalls, moved
