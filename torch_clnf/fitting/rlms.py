@@ -63,6 +63,16 @@ class _Iterate(NamedTuple):
     last: torch.Tensor              # (B, n, 2) map positions of the last step, for the likelihood
 
 
+class _System(NamedTuple):
+    """What every iteration of one phase shares: the prior (k,), ``diag(prior)`` and the
+    identity (k, k) (the system of a face that no longer runs), the (B, 2n, 1) weights."""
+
+    prior: torch.Tensor
+    regulariser: torch.Tensor
+    identity: torch.Tensor
+    weights: torch.Tensor
+
+
 def nu_rlms(pdm: PointDistributionModel, params_global: torch.Tensor, params_local: torch.Tensor,
             frame: ResponseFrame, rigid: bool, sigma: float, reg_factor: float, iterations: int,
             active: torch.Tensor, convergence: float = 0.01, kde_step: float = 0.1, shape_sigmas: float = 3.0,
@@ -93,38 +103,39 @@ def nu_rlms(pdm: PointDistributionModel, params_global: torch.Tensor, params_loc
     last = (shape - frame.base_shape) @ frame.image_to_reference.transpose(1, 2) + (window - 1) / 2   # for the likelihood
     state = _Iterate(params_global, params_local, rotation, shape, jacobian, active.clone(), torch.zeros_like(active),
                      torch.zeros_like(active), last)
+    system = _System(prior, torch.diag(prior), torch.eye(len(prior), dtype=prior.dtype, device=prior.device),
+                     (frame.weights * frame.visible).repeat_interleave(2, 1)[..., None])
     if compiled:
-        state = compiled_function(iterations_unrolled)(pdm, frame, state, prior, rigid, sigma, convergence, kde_step,
+        state = compiled_function(iterations_unrolled)(pdm, frame, state, system, rigid, sigma, convergence, kde_step,
                                                        shape_sigmas, iterations)
     for _ in range(0 if compiled else iterations):
         if syncs_cheaply(state.running) and not bool(state.running.any()):
             break
-        state = iteration(pdm, frame, state, prior, rigid, sigma, convergence, kde_step, shape_sigmas)
+        state = iteration(pdm, frame, state, system, rigid, sigma, convergence, kde_step, shape_sigmas)
     euler = torch.where(state.moved[:, None], matrix_to_euler(state.rotation), start_rotation)
     params_global = torch.cat([state.params_global[:, :1], euler, state.params_global[:, 4:]], 1)
     likelihood = log_likelihood(frame.maps, state.last[..., 0], state.last[..., 1], frame.visible, sigma)
     return PhaseResult(params_global, state.params_local, likelihood, state.failed)
 
 
-def iterations_unrolled(pdm: PointDistributionModel, frame: ResponseFrame, state: _Iterate, prior: torch.Tensor,
+def iterations_unrolled(pdm: PointDistributionModel, frame: ResponseFrame, state: _Iterate, system: _System,
                         rigid: bool, sigma: float, convergence: float, kde_step: float, shape_sigmas: float,
                         iterations: int) -> _Iterate:
     """``iterations`` of :func:`iteration` without early exit (finished faces are masked, so the
     result is the early-exiting loop's): one graph for ``torch.compile``."""
     for _ in range(iterations):
-        state = iteration(pdm, frame, state, prior, rigid, sigma, convergence, kde_step, shape_sigmas)
+        state = iteration(pdm, frame, state, system, rigid, sigma, convergence, kde_step, shape_sigmas)
     return state
 
 
-def iteration(pdm: PointDistributionModel, frame: ResponseFrame, state: _Iterate, prior: torch.Tensor, rigid: bool,
+def iteration(pdm: PointDistributionModel, frame: ResponseFrame, state: _Iterate, system: _System, rigid: bool,
               sigma: float, convergence: float, kde_step: float, shape_sigmas: float) -> _Iterate:
     """One NU-RLMS iteration of :func:`nu_rlms`: the step from ``state.shape``, then the new shape
     and which faces still run. Reads nothing back on the host (so it compiles to one graph)."""
     params_global, params_local, rotation, shape, jacobian, running, failed, moved, last = state
     batch = params_global.shape[0]
     centre = (frame.maps.shape[-1] - 1) / 2
-    weights = (frame.weights * frame.visible).repeat_interleave(2, 1)[..., None]  # (B, 2n, 1)
-    identity = torch.eye(len(prior), dtype=prior.dtype, device=prior.device)
+    prior, regulariser, identity, weights = system
     position = (shape - frame.base_shape) @ frame.image_to_reference.transpose(1, 2) + centre   # (B, n, 2) map pixels
     last = torch.where(running[:, None, None], position, last)
     shift = mean_shift(frame.maps, position[..., 0], position[..., 1], sigma, kde_step)
@@ -134,7 +145,7 @@ def iteration(pdm: PointDistributionModel, frame: ResponseFrame, state: _Iterate
     gradient = (weighted @ shift.reshape(batch, -1, 1)).squeeze(-1)
     if not rigid:
         gradient[:, 6:] -= prior[6:] * params_local
-    hessian = torch.where(running[:, None, None], torch.diag(prior) + weighted @ jacobian, identity)
+    hessian = torch.where(running[:, None, None], regulariser + weighted @ jacobian, identity)
     step, info = solve(hessian, gradient.unsqueeze(-1))
     step = step.squeeze(-1)
     unsolved = running & ((info != 0) | ~torch.isfinite(step).all(1))
