@@ -44,7 +44,7 @@ class FitConfig:
         convergence: a phase stops when the shape moves less than this (pixels, whole shape).
         refine_parameters: adapt sigma, reg_factor and weight_factor to each scale's patch size.
         refine_hierarchical: refit the part models (inner face, eyes) after the main fit.
-        compile: run NU-RLMS phases and CalcParams steps as ``torch.compile``\ d graphs
+        compile: run NU-RLMS phases and CalcParams steps as ``torch.compile``-d graphs
             (:mod:`~torch_clnf.models.compiling`): about 1.5× faster tracking on a CPU, same
             results up to float rounding, but the first fits of a process compile for minutes
             (cached on disk for later processes).

@@ -8,6 +8,7 @@ from torch import nn
 
 from ..models import CCNFExperts, CENExperts, PointDistributionModel
 from ..models.linalg import inverse
+from ..models.stacking import StackedExperts, StackedPDM
 from ..models.sync import syncs_cheaply
 from ..openface import OpenFaceModel
 from .config import FitConfig
@@ -39,11 +40,16 @@ class FitState:
 class ModelFitter(nn.Module):
     """One OpenFace model (the face, or a part) as a batched fitter.
 
+    Part models of the same shape and settings (the two eyes) are refitted together, as one
+    stacked fitter (:meth:`stacked`) over both parts of every face.
+
     Args:
         model: the model's tensors, from :func:`torch_clnf.weights.load_weights`.
         config: fitting parameters (a part gets ``config.for_part(name)``).
         dtype: float32 (default) or float64.
     """
+
+    pdm: PointDistributionModel | StackedPDM
 
     def __init__(self, model: OpenFaceModel, config: FitConfig, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
@@ -59,27 +65,50 @@ class ModelFitter(nn.Module):
         for k, part in enumerate(model.parts):
             mapping = torch.tensor(part.mapping, dtype=torch.long)
             self.register_buffer(f"part_{k}_mapping", mapping)                     # (k, 2): main index, part index
+        self.part_groups = _stackable_groups(list(self.parts))                     # part indices fitted together
+        self.stacked_parts = nn.ModuleDict({_group_key(group): ModelFitter.stacked([self.parts[k] for k in group])
+                                            for group in self.part_groups if len(group) > 1})
+
+    @classmethod
+    def stacked(cls, fitters: list["ModelFitter"]) -> "ModelFitter":
+        """One fitter for M models of equal shape and settings (see :mod:`~torch_clnf.models.stacking`):
+        its :meth:`fit` takes M blocks of B faces, block m fitted with ``fitters[m]``'s model."""
+        fitter = cls.__new__(cls)
+        nn.Module.__init__(fitter)
+        fitter.config = fitters[0].config
+        fitter.pdm = StackedPDM([f.pdm for f in fitters])
+        fitter.experts = nn.ModuleList([StackedExperts(scale) for scale in zip(*(f.experts for f in fitters))])
+        fitter.part_names, fitter.parts, fitter.part_groups = [], nn.ModuleList(), []
+        fitter.stacked_parts = nn.ModuleDict()
+        return fitter
 
     @property
     def patch_scales(self) -> list[float]:
         return [e.patch_scale for e in self.experts]
 
-    def views(self, params_global: torch.Tensor, scale: int) -> torch.Tensor:
-        """(B,) the expert view nearest each face's rotation at a scale."""
-        centres = self.experts[scale].view_centers.to(params_global.dtype)
-        return ((params_global[:, None, 1:4] - centres) ** 2).sum(-1).argmin(1)
+    def views(self, params_global: torch.Tensor, scale: int, member: torch.Tensor | None = None) -> torch.Tensor:
+        """(B,) the expert view nearest each face's rotation at a scale (among its member's views,
+        for a :meth:`stacked` fitter)."""
+        experts = self.experts[scale]
+        distance = ((params_global[:, None, 1:4] - experts.view_centers.to(params_global.dtype)) ** 2).sum(-1)
+        if member is not None:
+            distance = torch.where(experts.view_member == member[:, None], distance, torch.inf)
+        return distance.argmin(1)
 
     def responses(self, padded: torch.Tensor, image_index: torch.Tensor, params_global: torch.Tensor,
-                  params_local: torch.Tensor, scale: int, window: int, weight_factor: float) -> tuple[ResponseFrame, torch.Tensor]:
+                  params_local: torch.Tensor, scale: int, window: int, weight_factor: float,
+                  pdm: PointDistributionModel | None = None,
+                  member: torch.Tensor | None = None) -> tuple[ResponseFrame, torch.Tensor]:
         """Sample the areas around the current shape (``padded`` from :func:`pad_images`) and
-        compute one scale's response maps."""
+        compute one scale's response maps (``pdm`` and ``member``: those of a :meth:`stacked` fitter's batch)."""
         experts = self.experts[scale]
-        shape = self.pdm.project(params_global, params_local)
+        pdm = self.pdm if pdm is None else pdm
+        shape = pdm.project(params_global, params_local)
         reference = params_global.new_zeros(params_global.shape)
         reference[:, 0] = experts.patch_scale
-        image_to_reference = align_similarity(shape, self.pdm.project(reference, params_local))
+        image_to_reference = align_similarity(shape, pdm.project(reference, params_local))
         reference_to_image = inverse(image_to_reference)
-        view = self.views(params_global, scale)
+        view = self.views(params_global, scale, member)
         areas = sample_areas(padded, image_index, shape, reference_to_image, window + experts.support[0] - 1)
         maps, visible = experts(areas, view)
         weights = torch.ones_like(maps[:, :, 0, 0])
@@ -99,9 +128,14 @@ class ModelFitter(nn.Module):
             window_sizes: per scale (0 skips it).
             active: (B,) bool, faces to fit (default all); the others are returned unchanged.
             parts: refit the part models afterwards (if the config's ``refine_hierarchical`` is on).
+
+        A :meth:`stacked` fitter of M members takes B = M · b faces, member m's in block m.
         """
         cfg = self.config
         batch = params_global.shape[0]
+        pdm, member = self.pdm, None
+        if isinstance(pdm, StackedPDM):
+            pdm, member = pdm.tiled(batch // pdm.members), pdm.member_index(batch // pdm.members)
         active = torch.ones(batch, dtype=torch.bool, device=params_global.device) if active is None else active.clone()
         success = active.clone()
         likelihood = params_global.new_zeros(batch)
@@ -110,10 +144,11 @@ class ModelFitter(nn.Module):
             if window == 0 or (syncs_cheaply(active) and not bool(active.any())):
                 continue
             sigma, reg, weight_factor = cfg.at_scale(self.patch_scales[min(scale, 2)])
-            frame, view_now = self.responses(padded, image_index, params_global, params_local, scale, window, weight_factor)
+            frame, view_now = self.responses(padded, image_index, params_global, params_local, scale, window, weight_factor,
+                                             pdm, member)
             view = torch.where(active, view_now, view)
             for rigid in (True, False):
-                phase = nu_rlms(self.pdm, params_global, params_local, frame, rigid, sigma, reg, cfg.iterations,
+                phase = nu_rlms(pdm, params_global, params_local, frame, rigid, sigma, reg, cfg.iterations,
                                 active, cfg.convergence, cfg.kde_step, cfg.shape_sigmas, cfg.compile)
                 params_global, params_local = phase.params_global, phase.params_local
                 success = success & ~phase.failed
@@ -122,7 +157,7 @@ class ModelFitter(nn.Module):
             shrunk = ~(params_global[:, 0] >= cfg.min_scale)                       # also catches NaN
             success = success & ~(active & shrunk)
             active = active & ~shrunk
-        landmarks = self.pdm.project(params_global, params_local)
+        landmarks = pdm.project(params_global, params_local)
         state = FitState(params_global, params_local, landmarks, likelihood, success, view)
         if parts and cfg.refine_hierarchical and len(self.parts):
             state = self.refine_parts(padded, image_index, state, success)
@@ -135,25 +170,35 @@ class ModelFitter(nn.Module):
 
         As OpenFace: a part is refitted where the face's scale exceeds 0.9 × the part's first
         patch scale; where any part was, the face's params are refitted to the combined landmarks.
+        Parts are independent of each other (each starts from the face's landmarks); a group of
+        stackable parts (the eyes) is one fit of all its parts of all faces.
         """
         landmarks = state.landmarks.clone()
         used_any = torch.zeros_like(active)
-        for k, part in enumerate(self.parts):
-            mapping = getattr(self, f"part_{k}_mapping")
-            main_index, part_index = mapping[:, 0], mapping[:, 1]
-            points = part.pdm.num_points
-            part_landmarks = landmarks.new_zeros(landmarks.shape[0], points, 2)
-            part_landmarks[:, part_index] = state.landmarks[:, main_index]
-            given = torch.zeros(landmarks.shape[0], points, dtype=torch.bool, device=landmarks.device)
-            given[:, part_index] = True
-            g, p = part.pdm.params_from_landmarks(part_landmarks, given, compiled=self.config.compile)
-            use = active & (state.params_global[:, 0] > 0.9 * part.patch_scales[0])
+        batch = landmarks.shape[0]
+        for group in self.part_groups:
+            fitter = self.stacked_parts[_group_key(group)] if len(group) > 1 else self.parts[group[0]]
+            pdm = fitter.pdm.tiled(batch) if isinstance(fitter.pdm, StackedPDM) else fitter.pdm
+            points = pdm.num_points
+            part_landmarks = landmarks.new_zeros(len(group), batch, points, 2)
+            given = torch.zeros(len(group), batch, points, dtype=torch.bool, device=landmarks.device)
+            use = []
+            for m, k in enumerate(group):
+                mapping = getattr(self, f"part_{k}_mapping")
+                part_landmarks[m][:, mapping[:, 1]] = state.landmarks[:, mapping[:, 0]]
+                given[m][:, mapping[:, 1]] = True
+                use.append(active & (state.params_global[:, 0] > 0.9 * self.parts[k].patch_scales[0]))
+            g, p = pdm.params_from_landmarks(part_landmarks.flatten(0, 1), given.flatten(0, 1), compiled=self.config.compile)
+            use = torch.cat(use)
             if not syncs_cheaply(use) or bool(use.any()):
-                fitted = part.fit(padded, image_index, g, p, part.config.window_sizes, use)
+                fitted = fitter.fit(padded, image_index.repeat(len(group)), g, p, fitter.config.window_sizes, use)
                 g, p = fitted.params_global, fitted.params_local
-            refined = part.pdm.project(g, p)
-            landmarks[:, main_index] = torch.where(active[:, None, None], refined[:, part_index], landmarks[:, main_index])
-            used_any = used_any | use
+            refined = pdm.project(g, p).unflatten(0, (len(group), batch))
+            for m, k in enumerate(group):
+                main_index, part_index = getattr(self, f"part_{k}_mapping").unbind(1)
+                landmarks[:, main_index] = torch.where(active[:, None, None], refined[m][:, part_index],
+                                                       landmarks[:, main_index])
+            used_any = used_any | use.unflatten(0, (len(group), batch)).any(0)
         if not syncs_cheaply(used_any) or bool(used_any.any()):
             g, p = self.pdm.params_from_landmarks(landmarks, compiled=self.config.compile)
             keep = used_any[:, None]
@@ -161,3 +206,25 @@ class ModelFitter(nn.Module):
             state.params_local = torch.where(keep, p, state.params_local)
             state.landmarks = self.pdm.project(state.params_global, state.params_local)
         return state
+
+
+def _stackable_groups(parts: list[ModelFitter]) -> list[list[int]]:
+    """Part indices grouped where the models can be fitted as one stacked batch: same settings,
+    point and mode counts, expert kind, patch scales and supports, no parts of their own."""
+    def signature(part: ModelFitter) -> tuple:
+        return (part.config, part.pdm.num_points, part.pdm.num_modes, len(part.parts),
+                tuple((type(e), e.patch_scale, tuple(e.support), e.num_points) for e in part.experts))
+
+    groups: list[tuple[tuple, list[int]]] = []
+    for k, part in enumerate(parts):
+        key = signature(part)
+        same = [members for other, members in groups if other == key and not len(part.parts)]
+        if same:
+            same[0].append(k)
+        else:
+            groups.append((key, [k]))
+    return [members for _, members in groups]
+
+
+def _group_key(group: list[int]) -> str:
+    return "_".join(map(str, group))

@@ -64,8 +64,9 @@ class _Iterate(NamedTuple):
 
 
 class _System(NamedTuple):
-    """What every iteration of one phase shares: the prior (k,), ``diag(prior)`` and the
-    identity (k, k) (the system of a face that no longer runs), the (B, 2n, 1) weights."""
+    """What every iteration of one phase shares: the prior (k,) (or (B, k), a model per face),
+    ``diag(prior)``, the identity (k, k) (the system of a face that no longer runs), the
+    (B, 2n, 1) weights."""
 
     prior: torch.Tensor
     regulariser: torch.Tensor
@@ -88,13 +89,11 @@ def nu_rlms(pdm: PointDistributionModel, params_global: torch.Tensor, params_loc
     Args:
         params_global: (B, 6); params_local: (B, m).
         active: (B,) bool, the faces to fit.
-        compiled: run the phase as one ``torch.compile``\ d graph of ``iterations`` masked
+        compiled: run the phase as one ``torch.compile``-d graph of ``iterations`` masked
             iterations (:mod:`~torch_clnf.models.compiling`; same results up to float rounding).
     """
     window = frame.maps.shape[-1]
-    prior = params_global.new_zeros(6 if rigid else 6 + pdm.num_modes)
-    if not rigid:
-        prior[6:] = reg_factor / pdm.eigenvalues
+    prior = pdm.prior(reg_factor, rigid)                                          # (k,) or (B, k)
     # the rotation is carried as a matrix through the iterations and read back as Euler angles at
     # the end (OpenFace converts at every step: the same rotation, up to float rounding)
     start_rotation = params_global[:, 1:4]
@@ -103,7 +102,7 @@ def nu_rlms(pdm: PointDistributionModel, params_global: torch.Tensor, params_loc
     last = (shape - frame.base_shape) @ frame.image_to_reference.transpose(1, 2) + (window - 1) / 2   # for the likelihood
     state = _Iterate(params_global, params_local, rotation, shape, jacobian, active.clone(), torch.zeros_like(active),
                      torch.zeros_like(active), last)
-    system = _System(prior, torch.diag(prior), torch.eye(len(prior), dtype=prior.dtype, device=prior.device),
+    system = _System(prior, torch.diag_embed(prior), torch.eye(prior.shape[-1], dtype=prior.dtype, device=prior.device),
                      (frame.weights * frame.visible).repeat_interleave(2, 1)[..., None])
     if compiled:
         state = compiled_function(iterations_unrolled)(pdm, frame, state, system, rigid, sigma, convergence, kde_step,
@@ -144,7 +143,7 @@ def iteration(pdm: PointDistributionModel, frame: ResponseFrame, state: _Iterate
     weighted = (jacobian * weights).transpose(1, 2)                             # (B, k, 2n)
     gradient = (weighted @ shift.reshape(batch, -1, 1)).squeeze(-1)
     if not rigid:
-        gradient[:, 6:] -= prior[6:] * params_local
+        gradient[:, 6:] -= prior[..., 6:] * params_local
     hessian = torch.where(running[:, None, None], regulariser + weighted @ jacobian, identity)
     step, info = solve(hessian, gradient.unsqueeze(-1))
     step = step.squeeze(-1)

@@ -17,6 +17,10 @@ class PointDistributionModel(nn.Module):
     params ``(B, m)`` are the shape-mode weights. The 2D shape is
     ``x = scale · R(pitch, yaw, roll)[:2] · X + t``, with OpenFace's Euler convention.
 
+    The model's tensors may also carry a leading face dimension, one model per face
+    (:meth:`StackedPDM.tiled <torch_clnf.models.stacking.StackedPDM.tiled>`); every method
+    then uses each face's own model.
+
     Example:
         >>> pdm = PointDistributionModel(read_pdm("pdms/In-the-wild_aligned_PDM_68.txt"))
         >>> g = pdm.params_from_box(torch.tensor([[100., 80., 200., 220.]]))
@@ -30,23 +34,33 @@ class PointDistributionModel(nn.Module):
 
     def __init__(self, data: PDMData, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
-        self.register_buffer("mean_shape", data.mean_shape.to(dtype))                      # (n, 3)
-        self.register_buffer("principal_components", data.principal_components.to(dtype))  # (n, 3, m)
-        self.register_buffer("eigenvalues", data.eigenvalues.to(dtype))                    # (m,)
-        n, _, m = data.principal_components.shape
-        # the same basis laid out for matmuls: (m, n·3) and (3, n·m)
-        self.register_buffer("_basis_by_mode", data.principal_components.permute(2, 0, 1).reshape(m, n * 3).to(dtype))
-        self.register_buffer("_basis_by_axis", data.principal_components.permute(1, 0, 2).reshape(3, n * m).to(dtype))
-        self.register_buffer("_eye2", torch.eye(2, dtype=dtype), persistent=False)
-        self.register_buffer("_additive", torch.tensor([1.0, 0, 0, 0, 1, 1], dtype=dtype), persistent=False)
+        components = data.principal_components
+        self.register_buffer("mean_shape", data.mean_shape.to(dtype))                      # ([B,] n, 3)
+        self.register_buffer("principal_components", components.to(dtype))                # ([B,] n, 3, m)
+        self.register_buffer("eigenvalues", data.eigenvalues.to(dtype))                    # ([B,] m)
+        n, _, m = components.shape[-3:]
+        faces = components.shape[:-3]
+        # the same basis laid out for matmuls: ([B,] m, n·3) and ([B,] 3, n·m)
+        self.register_buffer("_basis_by_mode", components.movedim(-1, -3).reshape(*faces, m, n * 3).to(dtype))
+        self.register_buffer("_basis_by_axis", components.movedim(-2, -3).reshape(*faces, 3, n * m).to(dtype))
+        device = components.device
+        self.register_buffer("_eye2", torch.eye(2, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("_additive", torch.tensor([1.0, 0, 0, 0, 1, 1], dtype=dtype, device=device), persistent=False)
 
     @property
     def num_points(self) -> int:
-        return self.mean_shape.shape[0]
+        return self.mean_shape.shape[-2]
 
     @property
     def num_modes(self) -> int:
-        return self.eigenvalues.shape[0]
+        return self.eigenvalues.shape[-1]
+
+    def prior(self, factor: float, rigid: bool = False) -> torch.Tensor:
+        """The Gauss-Newton prior on the Jacobian's columns: 0 on the 6 global params,
+        ``factor / eigenvalue`` on the local ones. (6 [+ m]), or (B, 6 [+ m]) per face."""
+        inverse = factor / self.eigenvalues
+        zeros = inverse.new_zeros(*inverse.shape[:-1], 6)
+        return zeros if rigid else torch.cat([zeros, inverse], -1)
 
     def _local(self, params_global: torch.Tensor, params_local: torch.Tensor | None) -> torch.Tensor:
         if params_local is None:
@@ -55,7 +69,9 @@ class PointDistributionModel(nn.Module):
 
     def shape_3d(self, params_local: torch.Tensor) -> torch.Tensor:
         """(B, m) local params → (B, n, 3) model-frame 3D shape (millimetres)."""
-        return self.mean_shape + (params_local @ self._basis_by_mode).view(-1, self.num_points, 3)
+        basis = self._basis_by_mode
+        offsets = params_local @ basis if basis.dim() == 2 else params_local.unsqueeze(1) @ basis
+        return self.mean_shape + offsets.view(-1, self.num_points, 3)
 
     def project(self, params_global: torch.Tensor, params_local: torch.Tensor | None = None) -> torch.Tensor:
         """(B, 6) global, (B, m) local params → (B, n, 2) landmarks, pixels."""
@@ -174,7 +190,7 @@ class PointDistributionModel(nn.Module):
             landmarks: (B, n, 2) pixels.
             visible: (B, n) bool, landmarks to use (default all).
             rotation: (B, 3) initial rotation, radians (default 0).
-            compiled: run the steps as ``torch.compile``\ d blocks of :data:`CHECK_EVERY` (same
+            compiled: run the steps as ``torch.compile``-d blocks of :data:`CHECK_EVERY` (same
                 results up to float rounding; see :mod:`.compiling`).
         Returns:
             (B, 6) global params, (B, m) local params.
@@ -193,7 +209,7 @@ class PointDistributionModel(nn.Module):
         params = torch.cat([scale[:, None], rotation, (low + high) / 2], 1)
         local = landmarks.new_zeros(batch, self.num_modes)
 
-        prior = torch.cat([landmarks.new_zeros(6), 1 / self.eigenvalues])
+        prior = self.prior(1.0)
         start_rotation = params[:, 1:4]
         rotation = euler_to_matrix(start_rotation)                  # carried as a matrix, as in nu_rlms
         moved = torch.zeros(batch, dtype=torch.bool, device=landmarks.device)
@@ -238,8 +254,8 @@ def _calc_params_steps(pdm: PointDistributionModel, landmarks: torch.Tensor, wei
         flat = jacobian.flatten(1, 2)                                             # (B, 2n, k)
         weighted = (flat * weight2).transpose(1, 2)                               # (B, k, 2n)
         gradient = (weighted @ residual).squeeze(-1)
-        gradient[:, 6:] -= prior[6:] * local
-        hessian = torch.diag(prior) + weighted @ flat
+        gradient[:, 6:] -= prior[..., 6:] * local
+        hessian = torch.diag_embed(prior) + weighted @ flat
         step, info = solve(hessian, gradient.unsqueeze(-1))
         step = 0.75 * step.squeeze(-1)
         unsolved = active & ((info != 0) | ~torch.isfinite(step).all(1))    # degenerate landmarks: stop there
