@@ -110,15 +110,16 @@ class CCNFExperts(nn.Module):
         """
         index = check_inputs(areas, view, self.num_points, self.num_views, landmarks)
         win = response_window(areas, self.support)
+        chosen = slice(None) if landmarks is None else index                     # all: views, not copies
 
         def compute(faces: torch.Tensor, v: int) -> torch.Tensor:
             stats = window_statistics(faces, self.support)
-            z = normalised_correlation(stats, self.weights[v, index], self.bias[v, index],
+            z = normalised_correlation(stats, self.weights[v, chosen], self.bias[v, chosen],
                                        channels_last=True)                        # (F, L, N, win, win)
-            summed = torch.einsum("ln,flnp->flp", 2 * self.alpha[v, index], torch.sigmoid(z.flatten(-2)))
-            maps = torch.einsum("lpq,flq->flp", self.sigma(win, v)[index], summed)
+            summed = torch.einsum("ln,flnp->flp", 2 * self.alpha[v, chosen], torch.sigmoid(z.flatten(-2)))
+            maps = torch.einsum("lpq,flq->flp", self.sigma(win, v)[chosen], summed)
             maps = maps - maps.amin(-1, keepdim=True).clamp(max=0)
-            return maps * self.visible[v, index, None].to(maps.dtype)
+            return maps * self.visible[v, chosen, None].to(maps.dtype)
 
         def compute_per_face(faces: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
             # every view's neurons on every face (one grouped convolution; gathering each face's weights,
@@ -147,4 +148,4 @@ class CCNFExperts(nn.Module):
             return maps * visible[..., None].to(maps.dtype)
 
         maps = per_view(view, areas, (areas.shape[0], len(index), win * win), compute, compute_per_face)
-        return PatchResponse(maps.reshape(areas.shape[0], len(index), win, win), self.visible[view][:, index])
+        return PatchResponse(maps.reshape(areas.shape[0], len(index), win, win), self.visible[view][:, chosen])
