@@ -7,6 +7,7 @@ from typing import NamedTuple
 import torch
 
 from ..models import PointDistributionModel
+from ..models.pdm import diagonal
 from ..models.compiling import compiled_function
 from ..models.linalg import solve
 from ..models.rotation import euler_to_matrix, matrix_to_euler
@@ -102,7 +103,7 @@ def nu_rlms(pdm: PointDistributionModel, params_global: torch.Tensor, params_loc
     last = (shape - frame.base_shape) @ frame.image_to_reference.transpose(1, 2) + (window - 1) / 2   # for the likelihood
     state = _Iterate(params_global, params_local, rotation, shape, jacobian, active.clone(), torch.zeros_like(active),
                      torch.zeros_like(active), last)
-    system = _System(prior, torch.diag_embed(prior), torch.eye(prior.shape[-1], dtype=prior.dtype, device=prior.device),
+    system = _System(prior, diagonal(prior), torch.eye(prior.shape[-1], dtype=prior.dtype, device=prior.device),
                      (frame.weights * frame.visible).repeat_interleave(2, 1)[..., None])
     if compiled:
         state = compiled_function(iterations_unrolled)(pdm, frame, state, system, rigid, sigma, convergence, kde_step,

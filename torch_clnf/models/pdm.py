@@ -210,6 +210,7 @@ class PointDistributionModel(nn.Module):
         local = landmarks.new_zeros(batch, self.num_modes)
 
         prior = self.prior(1.0)
+        regulariser = diagonal(prior)
         start_rotation = params[:, 1:4]
         rotation = euler_to_matrix(start_rotation)                  # carried as a matrix, as in nu_rlms
         moved = torch.zeros(batch, dtype=torch.bool, device=landmarks.device)
@@ -225,27 +226,34 @@ class PointDistributionModel(nn.Module):
             for _ in range(0, max_iterations, CHECK_EVERY):
                 if not bool((state[6] < 3).any()):
                     break
-                state = block(self, landmarks, weight, weight2, prior, state, CHECK_EVERY)
+                state = block(self, landmarks, weight, weight2, prior, regulariser, state, CHECK_EVERY)
         else:
             check_every = 1 if syncs_cheaply(landmarks) else CHECK_EVERY      # GPUs: read the flags back less often
             for iteration in range(max_iterations):
                 if iteration % check_every == 0 and not bool((state[6] < 3).any()):
                     break
-                state = _calc_params_steps(self, landmarks, weight, weight2, prior, state, 1)
+                state = _calc_params_steps(self, landmarks, weight, weight2, prior, regulariser, state, 1)
         params, local, rotation, _, _, _, _, moved = state
         euler = torch.where(moved[:, None], matrix_to_euler(rotation), start_rotation)
         return torch.cat([params[:, :1], euler, params[:, 4:]], 1), local
+
+
+def diagonal(values: torch.Tensor) -> torch.Tensor:
+    """(..., k) → (..., k, k) diagonal matrices (``torch.diag_embed``, which Core ML lacks)."""
+    return values.unsqueeze(-1) * torch.eye(values.shape[-1], dtype=values.dtype, device=values.device)
 
 
 CHECK_EVERY = 8      # CalcParams steps between reads of the stop flags (GPUs, compiled graphs)
 
 
 def _calc_params_steps(pdm: PointDistributionModel, landmarks: torch.Tensor, weight: torch.Tensor, weight2: torch.Tensor,
-                       prior: torch.Tensor, state: tuple[torch.Tensor, ...], steps: int) -> tuple[torch.Tensor, ...]:
+                       prior: torch.Tensor, regulariser: torch.Tensor, state: tuple[torch.Tensor, ...],
+                       steps: int) -> tuple[torch.Tensor, ...]:
     """``steps`` damped Gauss-Newton steps of :meth:`PointDistributionModel.params_from_landmarks`
     on ``state`` = (params, local, rotation, projected, jacobian, error, stalls, moved), ``weight2``
-    the (B, 2n, 1) per-coordinate ``weight``; a face
-    whose error stalled three times is left as it is. Reads nothing back on the host."""
+    the (B, 2n, 1) per-coordinate ``weight``, ``prior`` (k,) or (B, k) and ``regulariser`` its
+    diagonal matrix; a face whose error stalled three times is left as it is. Reads nothing
+    back on the host."""
     params, local, rotation, projected, jacobian, current, stalls, moved = state
     batch = params.shape[0]
     for _ in range(steps):
@@ -255,7 +263,7 @@ def _calc_params_steps(pdm: PointDistributionModel, landmarks: torch.Tensor, wei
         weighted = (flat * weight2).transpose(1, 2)                               # (B, k, 2n)
         gradient = (weighted @ residual).squeeze(-1)
         gradient[:, 6:] -= prior[..., 6:] * local
-        hessian = torch.diag_embed(prior) + weighted @ flat
+        hessian = regulariser + weighted @ flat
         step, info = solve(hessian, gradient.unsqueeze(-1))
         step = 0.75 * step.squeeze(-1)
         unsolved = active & ((info != 0) | ~torch.isfinite(step).all(1))    # degenerate landmarks: stop there
