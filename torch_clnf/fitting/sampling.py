@@ -65,22 +65,25 @@ def sample_areas(padded: torch.Tensor, image_index: torch.Tensor, landmarks: tor
     across = reference_to_image[:, None, :, 0, None, None]                      # (B, 1, 2, 1, 1) per area column
     down = reference_to_image[:, None, :, 1, None, None]                        # per area row (rank ≤ 5: Core ML)
     origin = landmarks[..., None, None] - centre * (across + down)               # (B, n, 2, 1, 1)
-    row_part = torch.round((origin + down * steps[:, None]) * 1024).long()      # (B, n, 2, size, 1), 1/1024 px
-    column_part = (torch.round(across * steps * 1024) + 16).long()              # (B, 1, 2, 1, size)
-    position = (row_part + column_part) >> 5                                     # 1/32 px, (B, n, 2, size, size)
-    fraction = (position & 31).to(landmarks.dtype) / 32
+    # int32 halves the memory traffic of the full-size integer steps; beyond ±2^20 pixels (a
+    # diverged fit) positions saturate, and every tap is clamped into the image anyway
+    fixed = torch.int32 if padded.numel() < 2 ** 31 - 1 else torch.long
+    limit = float(2 ** 30)
+    row_part = torch.round((origin + down * steps[:, None]) * 1024).clamp_(-limit, limit).to(fixed)   # (B, n, 2, size, 1)
+    column_part = (torch.round(across * steps * 1024) + 16).clamp_(-limit, limit).to(fixed)             # (B, 1, 2, 1, size)
+    position = (row_part + column_part) >> 5                # 1/32 px, (B, n, 2, size, size)
+    fraction = (position & 31).to(landmarks.dtype).mul_(1 / 32)
     height, width = padded.shape[1] - 2 * MARGIN, padded.shape[2] - 2 * MARGIN
     stride = padded.shape[2]
-    x0 = (position[:, :, 0] >> 5).clamp_(-MARGIN, width)
-    y0 = (position[:, :, 1] >> 5).clamp_(-MARGIN, height)
-    origin_index = image_index * padded[0].numel() + MARGIN * stride + MARGIN
+    pixel = position >> 5
+    x0 = pixel[:, :, 0].clamp_(-MARGIN, width)
+    y0 = pixel[:, :, 1].clamp_(-MARGIN, height)
+    origin_index = (image_index * padded[0].numel() + MARGIN * stride + MARGIN).to(fixed)
     top_left = y0.mul_(stride).add_(x0).add_(origin_index[:, None, None, None])
-    flat = padded.reshape(-1)
-
-    def tap(index: torch.Tensor) -> torch.Tensor:      # a 1-D gather (exported, flat[index] copies all images first)
-        return flat.index_select(0, index.reshape(-1)).view(index.shape)
-
+    corners = torch.tensor([0, 1, stride, stride + 1], dtype=fixed, device=top_left.device)
+    # one gather of the four taps (exported, flat[index] would copy all images first)
+    taps = padded.reshape(-1).index_select(0, (top_left[..., None] + corners).view(-1)).view(*top_left.shape, 4)
     fx, fy = fraction[:, :, 0], fraction[:, :, 1]
-    top = torch.lerp(tap(top_left), tap(top_left + 1), fx)
-    bottom = torch.lerp(tap(top_left + stride), tap(top_left + stride + 1), fx)
+    top = torch.lerp(taps[..., 0], taps[..., 1], fx)
+    bottom = torch.lerp(taps[..., 2], taps[..., 3], fx)
     return torch.lerp(top, bottom, fy)
