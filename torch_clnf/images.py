@@ -107,9 +107,14 @@ def prepare_images(images: Sequence[ImageLike] | ImageLike | ImageBatch, device:
             raise ValueError(f"image {k}: {err}") from None
     height = max(g.shape[0] for g in greys)
     width = max(g.shape[1] for g in greys)
-    batch = torch.zeros(len(greys), height + 2 * margin, width + 2 * margin, dtype=dtype)
-    for k, grey in enumerate(greys):
-        batch[k, margin: margin + grey.shape[0], margin: margin + grey.shape[1]] = grey
+    batch = torch.empty(len(greys), height + 2 * margin, width + 2 * margin, dtype=dtype)
+    for k, grey in enumerate(greys):              # each image, and zeros only around it (not a whole fill)
+        h, w = grey.shape
+        batch[k, margin: margin + h, margin: margin + w] = grey
+        batch[k, :margin] = 0
+        batch[k, margin + h:] = 0
+        batch[k, margin: margin + h, :margin] = 0
+        batch[k, margin: margin + h, margin + w:] = 0
     sizes = torch.tensor([[g.shape[1], g.shape[0]] for g in greys], dtype=dtype)
     return ImageBatch(originals, batch.to(device), sizes.to(device), margin)
 
