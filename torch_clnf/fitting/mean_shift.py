@@ -24,14 +24,19 @@ def mean_shift(maps: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, sigma: fl
     Returns:
         (B, n, 2) shifts (x, y) in map pixels; 0 where a map is all zero.
     """
+    return mean_shift_at(maps, torch.stack([dx, dy], -1), sigma, step)
+
+
+def mean_shift_at(maps: torch.Tensor, position: torch.Tensor, sigma: float, step: float = 0.1) -> torch.Tensor:
+    """:func:`mean_shift` at (B, n, 2) positions (x, y), map pixels."""
     size = maps.shape[-1]
     a = -0.5 / (sigma * sigma)
-    position = torch.stack([dx, dy], -1).clamp(0.0, size - step)                      # (B, n, 2) clamped
+    position = position.clamp(0.0, size - step)                                       # (B, n, 2) clamped
     kernels = _axis_kernel(torch.floor(position / step + 0.5) * step, size, a)       # (B, n, 2, w): x, y
     k = torch.arange(size, dtype=maps.dtype, device=maps.device)
-    # the separable KDE as two small matmuls: [Σ, Σ·col; Σ·row, ·] = [ky; ky·k] · map · [kx, kx·k]
+    # the separable KDE as two small matmuls: [Σ, Σ·col; Σ·row, ·] = [ky; ky·k] · (map · [kx, kx·k])
     with_k = torch.stack([kernels, kernels * k], -2)                                # (B, n, 2 axes, 2, w)
-    sums = with_k[:, :, 1] @ maps @ with_k[:, :, 0].transpose(-1, -2)                # (B, n, 2, 2)
+    sums = with_k[:, :, 1] @ (maps @ with_k[:, :, 0].transpose(-1, -2))              # (B, n, 2, 2)
     total = sums[..., 0, 0]
     safe = torch.where(total > 0, total, torch.ones_like(total))
     mean = torch.stack([sums[..., 0, 1], sums[..., 1, 0]], -1) / safe[..., None]     # (B, n, 2) x, y

@@ -12,7 +12,7 @@ from ..models.compiling import compiled_function
 from ..models.linalg import solve
 from ..models.rotation import euler_to_matrix, matrix_to_euler
 from ..models.sync import syncs_cheaply
-from .mean_shift import log_likelihood, mean_shift
+from .mean_shift import log_likelihood, mean_shift_at
 
 
 @dataclass
@@ -138,11 +138,11 @@ def iteration(pdm: PointDistributionModel, frame: ResponseFrame, state: _Iterate
     prior, regulariser, identity, weights = system
     position = (shape - frame.base_shape) @ frame.image_to_reference.transpose(1, 2) + centre   # (B, n, 2) map pixels
     last = torch.where(running[:, None, None], position, last)
-    shift = mean_shift(frame.maps, position[..., 0], position[..., 1], sigma, kde_step)
+    shift = mean_shift_at(frame.maps, position, sigma, kde_step)
     shift = (shift @ frame.reference_to_image.transpose(1, 2)) * frame.visible[..., None]
     jacobian = jacobian.flatten(1, 2)                                            # (B, 2n, k)
     weighted = (jacobian * weights).transpose(1, 2)                             # (B, k, 2n)
-    gradient = (weighted @ shift.reshape(batch, -1, 1)).squeeze(-1)
+    gradient = ((shift.reshape(batch, -1, 1) * weights).transpose(1, 2) @ jacobian).squeeze(1)   # a row: faster than J^T s
     if not rigid:
         gradient[:, 6:] -= prior[..., 6:] * params_local
     hessian = torch.where(running[:, None, None], regulariser + weighted @ jacobian, identity)

@@ -36,6 +36,16 @@ def solve(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     return d * m.narrow(2, k, b.shape[-1]), torch.zeros(a.shape[0], dtype=torch.int32, device=a.device)
 
 
+def cross(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(..., 3) × (..., 3) → (..., 3) cross products (broadcast): ``torch.linalg.cross``, or its
+    components inside :func:`~torch_clnf.models.sync.fixed_iterations` (Core ML has no cross)."""
+    if not static_graph():
+        return torch.linalg.cross(a, b)
+    ax, ay, az = a.unbind(-1)
+    bx, by, bz = b.unbind(-1)
+    return torch.stack([ay * bz - az * by, az * bx - ax * bz, ax * by - ay * bx], -1)
+
+
 def inverse(a: torch.Tensor) -> torch.Tensor:
     """(B, 2, 2) → (B, 2, 2) inverses: ``torch.linalg.inv``, or the closed form inside
     :func:`~torch_clnf.models.sync.fixed_iterations`."""

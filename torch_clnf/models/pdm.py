@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 from ..openface import PDMData
-from .linalg import solve
-from .rotation import euler_to_matrix, matrix_to_euler, skew, small_rotation
+from .linalg import cross, solve
+from .rotation import euler_to_matrix, matrix_to_euler, small_rotation
 from .sync import syncs_cheaply
 
 
@@ -113,8 +113,8 @@ class PointDistributionModel(nn.Module):
         scale = params_global[:, 0, None, None]
         rotated = shape @ top.transpose(1, 2)                                         # (B, n, 2)
         landmarks = scale * rotated + params_global[:, None, 4:6]
-        # d(R (I + [δ]×) X)/dδ = R [δ ↦ δ × X] = -R [X]×, one small matmul per point
-        d_rot = top[:, None] @ skew(-scale * shape)                                   # (B, n, 2, 3)
+        # d(R (I + [δ]×) X)/dδ = R [δ ↦ δ × X] = -R [X]×, whose row r is s X × R_r (a cross product per point)
+        d_rot = cross((scale * shape)[:, :, None], top[:, None])         # (B, n, 2, 3)
         columns = [rotated.unsqueeze(-1), d_rot, self._translation_columns(batch)]
         if not rigid:
             local = (top @ self._basis_by_axis).view(batch, 2, n, -1).transpose(1, 2)   # (B, n, 2, m)
