@@ -51,10 +51,15 @@ def as_array(image: ImageLike) -> np.ndarray:
 
 def to_grey(image: ImageLike) -> torch.Tensor:
     """One image → (H, W) float32 grey levels 0–255, converted as OpenFace does (OpenCV's BGR→grey)."""
+    return torch.from_numpy(grey_levels(image).astype(np.float32))
+
+
+def grey_levels(image: ImageLike) -> np.ndarray:
+    """One image → (H, W) grey levels in its own dtype (uint8 or float32), OpenCV's BGR→grey."""
     image = as_array(image)
     if image.ndim == 3:
         image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-    return torch.from_numpy(np.ascontiguousarray(image).astype(np.float32))
+    return np.ascontiguousarray(image)
 
 
 @dataclass
@@ -102,7 +107,7 @@ def prepare_images(images: Sequence[ImageLike] | ImageLike | ImageBatch, device:
         try:
             original = as_array(image)
             originals.append(original)
-            greys.append(to_grey(original))
+            greys.append(grey_levels(original))     # converted to dtype by the copy into the batch
         except ValueError as err:
             raise ValueError(f"image {k}: {err}") from None
     height = max(g.shape[0] for g in greys)
@@ -110,7 +115,7 @@ def prepare_images(images: Sequence[ImageLike] | ImageLike | ImageBatch, device:
     batch = torch.empty(len(greys), height + 2 * margin, width + 2 * margin, dtype=dtype)
     for k, grey in enumerate(greys):              # each image, and zeros only around it (not a whole fill)
         h, w = grey.shape
-        batch[k, margin: margin + h, margin: margin + w] = grey
+        batch[k, margin: margin + h, margin: margin + w] = torch.from_numpy(grey)
         batch[k, :margin] = 0
         batch[k, margin + h:] = 0
         batch[k, margin: margin + h, :margin] = 0
