@@ -95,3 +95,8 @@ def test_image_command_with_unreadable_file(tmp_path, capsys):
     (tmp_path / "broken.jpg").write_bytes(b"not an image")
     assert main(["image", str(tmp_path / "broken.jpg"), "--box", "1,2,3,4"]) == 2
     assert "broken.jpg: not a readable image file" in capsys.readouterr().err
+
+
+def test_video_command_checks_its_numbers(media_dir, capsys):
+    assert main(["video", str(media_dir / "default.wmv"), "--workers", "0"]) == 2
+    assert "--workers must be at least 1" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from pathlib import Path
@@ -22,12 +23,17 @@ def _box(text: str) -> list[float]:
     return values
 
 
-def _load(args: argparse.Namespace):
+def _loader(args: argparse.Namespace) -> functools.partial:
+    """The model the options ask for, as a picklable call (worker processes load their own)."""
     from .fitting import FitConfig
     from .landmark_model import load_model
 
     config = FitConfig(refine_hierarchical=not args.no_parts, compile=args.compile)
-    return load_model(args.model, args.models, device=args.device, config=config)
+    return functools.partial(load_model, args.model, args.models, device=args.device, config=config)
+
+
+def _load(args: argparse.Namespace):
+    return _loader(args)()
 
 
 def _image(args: argparse.Namespace) -> int:
@@ -80,19 +86,26 @@ def _image(args: argparse.Namespace) -> int:
 
 
 def _video(args: argparse.Namespace) -> int:
-    from .pipelines import TrackingConfig, track_videos, video_sources
+    from .pipelines import TrackingConfig, auto_workers, track_videos, track_videos_in_processes, video_sources
 
     sources = video_sources(args.paths)
     if not sources:
         print("torch-clnf: error: no videos found", file=sys.stderr)
         return 2
-    if args.batch < 1 or args.max_faces < 1 or args.fit_every < 1:
-        print("torch-clnf: error: --batch, --max-faces and --fit-every must be at least 1", file=sys.stderr)
+    if args.batch < 1 or args.max_faces < 1 or args.fit_every < 1 or (args.workers is not None and args.workers < 1):
+        print("torch-clnf: error: --batch, --max-faces, --fit-every and --workers must be at least 1", file=sys.stderr)
         return 2
-    model = _load(args)
+    model = _load(args)                                   # checks the model files before any worker starts
     tracking = TrackingConfig(max_faces=args.max_faces, fit_every=args.fit_every)
-    summaries = track_videos(sources, model, args.out, streams=args.batch, tracking=tracking, draw=args.draw,
-                             progress=not args.quiet)
+    workers = args.workers
+    if workers is None:
+        workers = auto_workers(sources) if model.device.type == "cpu" else 1
+    if workers > 1:
+        summaries = track_videos_in_processes(sources, _loader(args), workers, args.out, streams=args.batch,
+                                              tracking=tracking, draw=args.draw, progress=not args.quiet)
+    else:
+        summaries = track_videos(sources, model, args.out, streams=args.batch, tracking=tracking, draw=args.draw,
+                                 progress=not args.quiet)
     for summary in summaries:
         print(summary.line())
         if summary.csv is not None:
@@ -193,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "(default 1: every frame; see bench/knobs.py for the accuracy cost)")
     video.add_argument("--draw", action="store_true", help="also write <name>_landmarks.avi with the landmarks and "
                        "head-pose axes drawn")
+    video.add_argument("--workers", type=int, help="processes sharing the videos, each tracking its share in "
+                       "lockstep on its own CPU core(s) (default: one per CPU core, at most one per video and per 500 "
+                       "frames; 1 on a GPU)")
     video.add_argument("--quiet", action="store_true", help="no progress bar")
     _model_options(video)
     video.set_defaults(run=_video)

@@ -104,3 +104,12 @@ def test_fuzz_bit_flips(small_files, tmp_path, kind, data):
         READERS[kind](tmp_path / "fuzz")
     except ModelFileError as err:
         assert str(err).startswith(str(tmp_path / "fuzz"))
+
+
+def test_model_file_error_pickles():
+    """Worker processes send it back to the parent process."""
+    import pickle
+
+    err = pickle.loads(pickle.dumps(ModelFileError("x/pdm.txt", "line 7", "expected a number")))
+    assert (err.path.name, err.position, err.problem, str(err)) == ("pdm.txt", "line 7", "expected a number",
+                                                                    "x/pdm.txt, line 7: expected a number")

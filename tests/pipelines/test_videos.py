@@ -1,5 +1,6 @@
 """track_videos: many videos in lockstep, one OpenFace-style CSV each, damage reported per video."""
 import csv
+import functools
 
 import cv2
 import numpy as np
@@ -9,7 +10,8 @@ import torch
 import torch_clnf
 from reference import landmarks, rows
 from torch_clnf.output import openface_columns
-from torch_clnf.pipelines import Tracker, track_videos
+from torch_clnf.pipelines import Tracker, track_videos, track_videos_in_processes
+from torch_clnf.pipelines.workers import share_videos
 
 
 @pytest.fixture(scope="module")
@@ -96,3 +98,37 @@ def test_a_failing_video_does_not_stop_the_others(model, media_dir, tmp_path, mo
     assert len(noise_rows) == 10 and all(r["success"] == "0" for r in noise_rows)
     assert summaries[1].problems == [] and len(read_csv(tmp_path / "out/image_sequence.csv")) == 30
     assert summaries[1].tracked == 30
+
+
+def test_videos_shared_among_worker_processes(models_dir, media_dir, tmp_path, monkeypatch):
+    """Two workers write the rows one process writes; a worker whose model cannot load ends its
+    own videos with a problem, not the run."""
+    monkeypatch.setenv("TORCH_CLNF_CACHE", str(tmp_path / "cache"))
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    capture = cv2.VideoCapture(str(media_dir / "default.wmv"))
+    for k in range(15):
+        cv2.imwrite(str(frames / f"{k:03d}.png"), capture.read()[1])
+    sources = [media_dir / "image_sequence", frames]
+    load = functools.partial(torch_clnf.load_model, "main_clnf_general.txt", models_dir)
+    summaries = track_videos_in_processes(sources, load, workers=2, out_dir=tmp_path / "apart", progress=False)
+    assert [(s.source, s.frames, s.tracked, s.problems) for s in summaries] == [(sources[0], 30, 30, []),
+                                                                                 (sources[1], 15, 15, [])]
+    track_videos(sources, load(), tmp_path / "together", streams=2, progress=False)
+    for name in ("image_sequence.csv", "frames.csv"):
+        apart, together = read_csv(tmp_path / "apart" / name), read_csv(tmp_path / "together" / name)
+        assert len(apart) == len(together)
+        for a, b in zip(apart, together):
+            assert a["success"] == b["success"]
+            torch.testing.assert_close(points(a), points(b), atol=0.25, rtol=0)
+
+    broken = functools.partial(torch_clnf.load_model, "no_such_spec.txt", models_dir)
+    summaries = track_videos_in_processes(sources, broken, workers=2, out_dir=tmp_path / "broken", progress=False)
+    for summary in summaries:
+        assert summary.frames == 0 and "worker process failed" in summary.problems[0]
+        assert "no_such_spec.txt" in summary.problems[0]
+
+
+def test_videos_are_shared_longest_first():
+    assert share_videos([100, 300, 50, 200], 2) == [[1, 2], [0, 3]]
+    assert share_videos([10, 10], 4) == [[0], [1]]

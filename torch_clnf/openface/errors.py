@@ -21,6 +21,9 @@ class ModelFileError(ValueError):
         where = f"{self.path}" if position is None else f"{self.path}, {position}"
         super().__init__(f"{where}: {problem}")
 
+    def __reduce__(self):  # pickles with its three fields (a worker process's error reaches the parent)
+        return type(self), (self.path, self.position, self.problem)
+
 
 def read_bytes(path: str | Path) -> bytes:
     """The whole file, or a ModelFileError naming it when it cannot be read."""

@@ -167,7 +167,7 @@ def track_videos(sources: Sequence[str | Path], model: LandmarkModel, out_dir: s
     tracker = Tracker(model, max(1, min(streams, len(pending))), tracking)
     slots: list[tuple[int, _Stream] | None] = [None] * len(tracker.tracks)
     order = iter(range(len(pending)))
-    bar = _progress_bar(progress, sum(FrameReader.count(s) for s in pending) if progress is True else 0)
+    bar = progress_bar(progress, sum(FrameReader.count(s) for s in pending) if progress is True else 0)
 
     def refill(slot: int) -> Frame | None:
         """The next frame of the video in ``slot``; when that video is done, the next video's first frame."""
@@ -245,7 +245,8 @@ def _step(tracker: Tracker, frames: list[Frame | None], slots: list) -> list[lis
     return fits
 
 
-def _progress_bar(progress, total: int):
+def progress_bar(progress, total: int):
+    """A tqdm bar of ``total`` frames on stderr when ``progress`` is True, else None."""
     if progress is not True:
         return None
     from tqdm import tqdm
