@@ -1,12 +1,14 @@
 """Video tracking speed: torch_clnf vs OpenFace C++'s per-frame fit times on ../shared/media/default.wmv.
 
-    python bench/video.py [--models DIR] [--device cpu|cuda|mps] [--streams 1 8] [--repeats 3] [--ceclm]
+    python bench/video.py [--models DIR] [--device cpu|cuda|mps] [--streams 1 8] [--repeats 3] [--workers W] [--ceclm]
 
 For each number of streams N, N copies of default.wmv are tracked in lockstep (one batch of N
 faces per frame). Two timings, each the median of --repeats runs:
   fit    — Tracker.step on frames decoded beforehand (fitting, validation, re-detection), the
            counterpart of the C++ reference's per-frame fit_ms;
   end-to-end — track_videos: decoding in its thread, fitting, CSV rows written.
+With --workers W (CPU), also W processes each tracking N copies in lockstep
+(track_videos_in_processes: W·N videos), end to end, process start-up included.
 With --ceclm, CE-CLM on full-size synthetic CEN files (real layer shapes, random weights; its
 fits are meaningless, so validation is off and every frame is tracked, as the C++ timing was).
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import functools
 import os
 import platform
 import statistics
@@ -26,7 +29,7 @@ from pathlib import Path
 import torch
 
 import torch_clnf
-from torch_clnf.pipelines import FrameReader, Tracker, track_videos
+from torch_clnf.pipelines import FrameReader, Tracker, track_videos, track_videos_in_processes
 
 from timing import SHARED, ceclm_models, sync
 
@@ -59,6 +62,22 @@ def end_to_end_fps(model: torch_clnf.LandmarkModel, streams: int, repeats: int) 
     return statistics.median(rates)
 
 
+def processes_fps(models: Path, workers: int, streams: int, repeats: int) -> float:
+    """Frames per second of ``workers`` processes, each tracking ``streams`` copies in lockstep, median of runs."""
+    load = functools.partial(torch_clnf.load_model, "main_clnf_general.txt", models)
+    rates = []
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory() as out:
+            copies = [Path(out) / f"copy{k}{VIDEO.suffix}" for k in range(workers * streams)]
+            for copy in copies:
+                copy.symlink_to(VIDEO)
+            start = time.perf_counter()
+            summaries = track_videos_in_processes(copies, load, workers, out, streams=streams, progress=False,
+                                                  threads=1)
+            rates.append(sum(s.frames for s in summaries) / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
 def report(name: str, model: torch_clnf.LandmarkModel, args: argparse.Namespace, cpp_ms: float, end_to_end: bool) -> None:
     frames = [f.image for f in FrameReader(VIDEO)][: args.frames]
     device = torch.device(args.device)
@@ -67,6 +86,11 @@ def report(name: str, model: torch_clnf.LandmarkModel, args: argparse.Namespace,
         e2e = f"{end_to_end_fps(model, streams, args.repeats):9.1f}" if end_to_end else f"{'-':>9}"
         print(f"{name:16} {device.type:5} {streams:7d} {fps:9.1f} {e2e} {1000 / cpp_ms:8.1f} "
               f"{fps * cpp_ms / 1000:8.2f}x", flush=True)
+        if end_to_end and args.workers > 1 and device.type == "cpu":
+            e2e = processes_fps(args.models, args.workers, streams, args.repeats)
+            label = f"{name}, {args.workers} procs"
+            print(f"{label:16} {device.type:5} {streams:5d}x{args.workers} {'-':>9} {e2e:9.1f} {1000 / cpp_ms:8.1f} "
+                  f"{e2e * cpp_ms / 1000:8.2f}x", flush=True)
 
 
 def main() -> None:
@@ -76,6 +100,7 @@ def main() -> None:
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--frames", type=int, default=None, help="track only the first N frames")
+    parser.add_argument("--workers", type=int, default=0, help="also W worker processes (end to end)")
     parser.add_argument("--fit-only", action="store_true", help="skip the end-to-end (track_videos) timing")
     parser.add_argument("--ceclm", action="store_true")
     args = parser.parse_args()
