@@ -52,6 +52,9 @@ def track_videos_in_processes(sources: Sequence[str | Path], load: Callable[[], 
                               threads: int | None = None) -> list[VideoSummary]:
     """:func:`track_videos` with the videos shared among ``workers`` processes.
 
+    The workers are started with ``spawn``: a script that calls this needs the usual
+    ``if __name__ == "__main__":`` guard.
+
     Args:
         sources: video files or image folders.
         load: builds each worker's model; it must pickle, e.g.
