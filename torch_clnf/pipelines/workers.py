@@ -41,7 +41,8 @@ def share_videos(frame_counts: Sequence[int], workers: int) -> list[list[int]]:
 
 def auto_workers(sources: Sequence[str | Path], frames_per_worker: int = 500) -> int:
     """Workers worth starting for these videos on this CPU: one per core, at most one per video
-    and one per ``frames_per_worker`` frames (starting a worker costs a few seconds)."""
+    and one per ``frames_per_worker`` frames (starting a worker costs a few seconds; each holds
+    its own model, about 0.4 GB with its working memory)."""
     frames = sum(FrameReader.count(Path(s)) for s in sources)
     return max(1, min(os.cpu_count() or 1, len(sources), frames // frames_per_worker))
 
