@@ -27,6 +27,15 @@ def noise_video(path, frames=20):
     return path
 
 
+def image_folder(video, folder, count):
+    """The first ``count`` frames of ``video`` as PNG files in ``folder`` (an image sequence)."""
+    folder.mkdir()
+    capture = cv2.VideoCapture(str(video))
+    for k in range(count):
+        cv2.imwrite(str(folder / f"{k:03d}.png"), capture.read()[1])
+    return folder
+
+
 def read_csv(path):
     with open(path) as f:
         return list(csv.DictReader(f))
@@ -64,11 +73,7 @@ def test_videos_in_lockstep_with_damaged_ones(model, media_dir, reference_dir, t
 def test_lockstep_csv_equals_one_video_at_a_time(model, media_dir, tmp_path):
     """The same rows whether two videos share a batch or not (float32 sums in another order move a
     landmark by up to a tenth of a pixel over 15 frames; test_tracker checks equality in float64)."""
-    frames = tmp_path / "frames"
-    frames.mkdir()
-    capture = cv2.VideoCapture(str(media_dir / "default.wmv"))
-    for k in range(15):
-        cv2.imwrite(str(frames / f"{k:03d}.png"), capture.read()[1])
+    frames = image_folder(media_dir / "default.wmv", tmp_path / "frames", 15)
     sources = [media_dir / "image_sequence", frames]
     track_videos(sources, model, tmp_path / "together", streams=2, progress=False)
     track_videos(sources, model, tmp_path / "apart", streams=1, progress=False)
@@ -104,11 +109,7 @@ def test_videos_shared_among_worker_processes(models_dir, media_dir, tmp_path, m
     """Two workers write the rows one process writes; a worker whose model cannot load ends its
     own videos with a problem, not the run."""
     monkeypatch.setenv("TORCH_CLNF_CACHE", str(tmp_path / "cache"))
-    frames = tmp_path / "frames"
-    frames.mkdir()
-    capture = cv2.VideoCapture(str(media_dir / "default.wmv"))
-    for k in range(15):
-        cv2.imwrite(str(frames / f"{k:03d}.png"), capture.read()[1])
+    frames = image_folder(media_dir / "default.wmv", tmp_path / "frames", 15)
     sources = [media_dir / "image_sequence", frames]
     load = functools.partial(torch_clnf.load_model, "main_clnf_general.txt", models_dir)
     summaries = track_videos_in_processes(sources, load, workers=2, out_dir=tmp_path / "apart", progress=False)
