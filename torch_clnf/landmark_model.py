@@ -12,7 +12,7 @@ from torch import nn
 from .fitting import ROTATION_HYPOTHESES, FitConfig, FitState, ModelFitter
 from .fitting.sampling import MARGIN
 from .images import ImageBatch, ImageLike, as_array, prepare_images
-from .openface import ModelFileError, OpenFaceModel, read_main_spec
+from .openface import OpenFaceModel, read_main_spec
 from .weights import load_weights, resolve_spec
 
 Images = Union[Sequence[ImageLike], ImageLike, ImageBatch]

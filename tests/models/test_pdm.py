@@ -140,7 +140,7 @@ def test_small_rotation_is_the_svd_orthonormalisation():
     """OpenFace orthonormalises I + [δ]× with an SVD; the closed form gives the same matrix."""
     delta = torch.cat([torch.randn(20, 3, dtype=torch.float64) * 0.3, torch.zeros(1, 3, dtype=torch.float64)])
     x, y, z = delta.unbind(-1)
-    one, zero = torch.ones_like(x), torch.zeros_like(x)
+    one = torch.ones_like(x)
     approx = torch.stack([torch.stack(r, -1) for r in ((one, -z, y), (z, one, -x), (-y, x, one))], -2)
     u, _, vh = torch.linalg.svd(approx)
     torch.testing.assert_close(small_rotation(delta), u @ vh)
