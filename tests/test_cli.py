@@ -74,6 +74,7 @@ def test_image_command_detects_faces(models_dir, media_dir, reference_dir, tmp_p
 
 
 def test_video_command_on_a_folder(models_dir, media_dir, tmp_path, capsys, monkeypatch):
+    """Every video in the folder, shared between two worker processes; the unreadable one reported."""
     import csv
     import shutil
 
@@ -82,7 +83,7 @@ def test_video_command_on_a_folder(models_dir, media_dir, tmp_path, capsys, monk
     videos.mkdir()
     shutil.copy(media_dir / "changeLighting.wmv", videos / "a.wmv")
     (videos / "b.avi").write_bytes(b"not a video")
-    code = main([str(videos), "--models", str(models_dir), "--out", str(tmp_path / "out"), "--quiet"])
+    code = main([str(videos), "--models", str(models_dir), "--out", str(tmp_path / "out"), "--quiet", "--workers", "2"])
     assert code == 1                                              # one video could not be read
     out = capsys.readouterr().out
     assert "a.wmv: 88 frames" in out and "b.avi: 0 frames" in out and "not a readable video" in out

@@ -101,6 +101,7 @@ def _video(args: argparse.Namespace) -> int:
     if workers is None:
         workers = auto_workers(sources) if model.device.type == "cpu" else 1
     if workers > 1:
+        del model                                         # each worker loads its own
         summaries = track_videos_in_processes(sources, _loader(args), workers, args.out, streams=args.batch,
                                               tracking=tracking, draw=args.draw, progress=not args.quiet)
     else:
