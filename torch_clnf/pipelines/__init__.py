@@ -4,5 +4,5 @@ from .tracker import FaceTrack, FrameFit, Tracker, TrackingConfig
 from .videos import VideoSummary, track_videos
 from .workers import auto_workers, track_videos_in_processes
 
-__all__ = ["auto_workers", "FaceTrack", "Frame", "FrameFit", "FrameReader", "Tracker", "TrackingConfig", "VideoSummary", "track_videos",
-           "track_videos_in_processes", "video_sources"]
+__all__ = ["FaceTrack", "Frame", "FrameFit", "FrameReader", "Tracker", "TrackingConfig", "VideoSummary", "auto_workers",
+           "track_videos", "track_videos_in_processes", "video_sources"]
