@@ -76,22 +76,24 @@ def track_videos_in_processes(sources: Sequence[str | Path], load: Callable[[], 
     frames_done = context.Queue()
     bar = progress_bar(progress, sum(counts))
     summaries: dict[int, VideoSummary] = {}
-    with ProcessPoolExecutor(len(shares), mp_context=context, initializer=_start_worker,
-                             initargs=(frames_done if progress else None, threads)) as pool:
-        jobs: dict[Future, list[int]] = {
-            pool.submit(_track_share, load, [pending[k] for k in share], out_dir, streams, tracking, draw): share
-            for share in shares}
-        while any(not job.done() for job in jobs):
-            _drain(frames_done, bar, timeout=0.2)
-        _drain(frames_done, bar, timeout=0)
-        for job, share in jobs.items():
-            try:
-                summaries.update(zip(share, job.result()))
-            except Exception as err:                          # this worker's videos only
-                for k in share:
-                    summaries[k] = VideoSummary(pending[k], problems=[f"worker process failed: {err}"])
-    if bar is not None:
-        bar.close()
+    try:
+        with ProcessPoolExecutor(len(shares), mp_context=context, initializer=_start_worker,
+                                 initargs=(frames_done if progress else None, threads)) as pool:
+            jobs: dict[Future, list[int]] = {
+                pool.submit(_track_share, load, [pending[k] for k in share], out_dir, streams, tracking, draw): share
+                for share in shares}
+            while any(not job.done() for job in jobs):
+                _drain(frames_done, bar, timeout=0.2)
+            _drain(frames_done, bar, timeout=0)
+            for job, share in jobs.items():
+                try:
+                    summaries.update(zip(share, job.result()))
+                except Exception as err:                      # this worker's videos only
+                    for k in share:
+                        summaries[k] = VideoSummary(pending[k], problems=[f"worker process failed: {err}"])
+    finally:
+        if bar is not None:
+            bar.close()
     return [summaries[k] for k in range(len(pending))]
 
 
