@@ -12,6 +12,7 @@ from torch import nn
 from .fitting import ROTATION_HYPOTHESES, FitConfig, FitState, ModelFitter
 from .fitting.sampling import MARGIN
 from .images import ImageBatch, ImageLike, as_array, prepare_images
+from .memory import keep_freed_memory
 from .openface import OpenFaceModel, read_main_spec
 from .weights import load_weights, resolve_spec
 
@@ -271,8 +272,12 @@ def load_model(spec: str | Path = "main_clnf_general.txt", models: str | Path | 
         config: fitting parameters (default OpenFace's; CE-CLM's changes are applied on top).
         detector: also load the detection validator the spec names and the MTCNN face detector
             (``mtcnn_detector/MTCNN_detector.txt`` beside the spec), as OpenFace does.
+
+    On the CPU this also keeps freed memory in the process (:func:`torch_clnf.memory.keep_freed_memory`).
     """
     path = resolve_spec(spec, models)
+    if torch.device(device).type == "cpu":
+        keep_freed_memory()
     validator = face_detector = None
     if detector:
         from .detect.mtcnn import load_mtcnn
