@@ -68,3 +68,14 @@ def test_unrolled_solve_and_inverse_match_lapack():
     torch.testing.assert_close(step, torch.linalg.solve(hessian, rhs))
     assert not info.any() and not torch.isfinite(singular).all()
     torch.testing.assert_close(inverted, torch.linalg.inv(similarity))
+
+
+def test_solve_is_cholesky_and_flags_systems_that_are_not_positive_definite():
+    generator = torch.Generator().manual_seed(3)
+    jacobian = torch.randn(2, 136, 40, generator=generator, dtype=torch.float64)
+    hessian = jacobian.transpose(1, 2) @ jacobian + torch.eye(40, dtype=torch.float64)
+    hessian[1] = -hessian[1]                             # negative definite: OpenFace's Cholesky fails on it
+    rhs = torch.randn(2, 40, 1, generator=generator, dtype=torch.float64)
+    step, info = solve(hessian, rhs)
+    torch.testing.assert_close(step[0], torch.linalg.solve(hessian[0], rhs[0]))
+    assert info.tolist()[0] == 0 and info.tolist()[1] != 0

@@ -8,7 +8,8 @@ from .sync import static_graph
 
 
 def solve(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``x`` with ``a @ x = b``, as ``torch.linalg.solve_ex``.
+    """``x`` with ``a @ x = b`` for symmetric positive definite ``a``, by Cholesky, as OpenFace
+    solves its Gauss-Newton systems (``cv::solve`` with ``DECOMP_CHOLESKY``).
 
     Inside :func:`~torch_clnf.models.sync.fixed_iterations`: for the symmetric positive definite
     systems the fitter solves, Gauss-Jordan elimination without pivoting (``k`` unrolled steps of
@@ -20,10 +21,11 @@ def solve(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     Args:
         a: (B, k, k); b: (B, k, r).
     Returns:
-        x: (B, k, r); info: (B,) int32, non-zero where LAPACK found ``a`` singular.
+        x: (B, k, r); info: (B,) int32, non-zero where LAPACK found ``a`` not positive definite.
     """
     if not static_graph():
-        return torch.linalg.solve_ex(a, b)
+        factor, info = torch.linalg.cholesky_ex(a)
+        return torch.cholesky_solve(b, factor), info
     k = a.shape[-1]
     eye = torch.eye(k, dtype=a.dtype, device=a.device)
     units = eye.unsqueeze(-1)                                           # (k, k, 1), units[j] = e_j
