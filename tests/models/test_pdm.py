@@ -109,7 +109,8 @@ def test_params_from_landmarks_with_hidden_points(pdm):
     landmarks = pdm.project(g, p)
     visible = torch.ones(2, 68, dtype=torch.bool, device=landmarks.device)
     visible[:, :17] = False                                      # no jaw line
-    corrupted = torch.where(visible[..., None], landmarks, torch.full_like(landmarks, 1e4))
+    hidden = torch.tensor([1e4, torch.nan]).to(landmarks)[:, None, None]     # far away, or not known at all
+    corrupted = torch.where(visible[..., None], landmarks, hidden)
     fitted_g, fitted_p = pdm.params_from_landmarks(corrupted, visible)
     error = (pdm.project(fitted_g, fitted_p) - landmarks).norm(dim=-1)[visible]
     assert error.mean() < 0.5
@@ -134,6 +135,16 @@ def test_clamp(pdm):
     params = torch.stack([limit * 2, -limit * 2, limit / 2])
     clamped = pdm.clamp(params)
     torch.testing.assert_close(clamped, torch.stack([limit, -limit, limit / 2]))
+
+
+def test_a_zero_step_leaves_params_and_rotation_exactly_as_they_are(pdm):
+    """NU-RLMS and CalcParams give faces that no longer run zero steps instead of masking their results."""
+    g, p = random_params(pdm, 3, torch.Generator().manual_seed(5))
+    rotation = euler_to_matrix(g[:, 1:4])
+    step = torch.zeros(3, 6 + pdm.num_modes, dtype=g.dtype)
+    new_g, new_p = pdm.add_step(g, p, step)
+    assert torch.equal(new_g, g) and torch.equal(new_p, p)
+    assert torch.equal(pdm.rotate(rotation, step), rotation)
 
 
 def test_small_rotation_is_the_svd_orthonormalisation():

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import torch
 
+from ..models.constants import constant
+
 
 def _axis_kernel(positions: torch.Tensor, size: int, a: float) -> torch.Tensor:
     """(..., ) positions → (..., size) ``exp(a (position − k)²)`` for k = 0 … size − 1."""
-    k = torch.arange(size, dtype=positions.dtype, device=positions.device)
-    return torch.exp(a * (positions[..., None] - k) ** 2)
+    k = _ones_and_steps(size, positions)[1]
+    return torch.exp(constant(a, positions) * (positions.unsqueeze(-1) - k).square())
 
 
 def mean_shift(maps: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, sigma: float, step: float = 0.1) -> torch.Tensor:
@@ -32,15 +34,26 @@ def mean_shift_at(maps: torch.Tensor, position: torch.Tensor, sigma: float, step
     size = maps.shape[-1]
     a = -0.5 / (sigma * sigma)
     position = position.clamp(0.0, size - step)                                       # (B, n, 2) clamped
-    kernels = _axis_kernel(torch.floor(position / step + 0.5) * step, size, a)       # (B, n, 2, w): x, y
-    k = torch.arange(size, dtype=maps.dtype, device=maps.device)
-    # the separable KDE as two small matmuls: [Σ, Σ·col; Σ·row, ·] = [ky; ky·k] · (map · [kx, kx·k])
-    with_k = torch.stack([kernels, kernels * k], -2)                                # (B, n, 2 axes, 2, w)
-    sums = with_k[:, :, 1] @ (maps @ with_k[:, :, 0].transpose(-1, -2))              # (B, n, 2, 2)
-    total = sums[..., 0, 0]
-    safe = torch.where(total > 0, total, torch.ones_like(total))
-    mean = torch.stack([sums[..., 0, 1], sums[..., 1, 0]], -1) / safe[..., None]     # (B, n, 2) x, y
-    return torch.where((total > 0)[..., None], mean - position, torch.zeros_like(position))
+    step_size = constant(step, position)
+    kernels = _axis_kernel(torch.floor(position / step_size + constant(0.5, position)) * step_size, size, a)   # (B, n, 2, w)
+    # the separable KDE as two small matmuls: [Σ, Σ·col; Σ·row, ·] = [ky; ky·k] · map · [kx; kx·k]ᵀ
+    x_kernels, y_kernels = (kernels.unsqueeze(-2) * _ones_and_steps(size, maps)).unbind(2)   # (B, n, 2, w) each
+    sums = (y_kernels @ (maps @ x_kernels.mT)).flatten(-2)                            # (B, n, 4): Σ, Σ·col, Σ·row, ·
+    total = sums[..., :1]
+    zero = constant(0.0, total)
+    return torch.where(total > zero, sums[..., 1:3] / total - position, zero)
+
+
+_rows: dict[tuple, torch.Tensor] = {}
+
+
+def _ones_and_steps(size: int, like: torch.Tensor) -> torch.Tensor:
+    """(2, size) rows ``1`` and ``k`` = 0 … size − 1 on ``like``'s device and dtype, made once."""
+    key = (size, like.device, like.dtype)
+    if key not in _rows:
+        k = torch.arange(size, dtype=like.dtype, device=like.device)
+        _rows[key] = torch.stack([torch.ones_like(k), k])
+    return _rows[key]
 
 
 def log_likelihood(maps: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, visible: torch.Tensor, sigma: float) -> torch.Tensor:

@@ -9,6 +9,7 @@ import torch
 from ..models import PointDistributionModel
 from ..models.pdm import diagonal
 from ..models.compiling import compiled_function
+from ..models.constants import constant
 from ..models.linalg import solve
 from ..models.rotation import euler_to_matrix, matrix_to_euler
 from ..models.sync import syncs_cheaply
@@ -65,14 +66,16 @@ class _Iterate(NamedTuple):
 
 
 class _System(NamedTuple):
-    """What every iteration of one phase shares: the prior (k,) (or (B, k), a model per face),
-    ``diag(prior)``, the identity (k, k) (the system of a face that no longer runs), the
-    (B, 2n, 1) weights."""
+    """What every iteration of one phase shares (``m`` local params, ``k`` = 6 [+ m] columns;
+    per-face tables with a leading B where each face has its own model)."""
 
-    prior: torch.Tensor
-    regulariser: torch.Tensor
-    identity: torch.Tensor
-    weights: torch.Tensor
+    regulariser: torch.Tensor       # (k, k) diag(prior)
+    prior_local: torch.Tensor       # (1, m) or (B, 1, m), the negated prior of the local params
+    low: torch.Tensor               # (m,) or (B, m), the bounds of the local params
+    high: torch.Tensor
+    weights: torch.Tensor           # (B, 2n, 1) per coordinate
+    image_to_reference: torch.Tensor    # (B, 2, 2), transposed: rows @ it maps points
+    reference_to_image: torch.Tensor    # (B, 2, 2), transposed
 
 
 def nu_rlms(pdm: PointDistributionModel, params_global: torch.Tensor, params_local: torch.Tensor,
@@ -103,8 +106,10 @@ def nu_rlms(pdm: PointDistributionModel, params_global: torch.Tensor, params_loc
     last = (shape - frame.base_shape) @ frame.image_to_reference.transpose(1, 2) + (window - 1) / 2   # for the likelihood
     state = _Iterate(params_global, params_local, rotation, shape, jacobian, active.clone(), torch.zeros_like(active),
                      torch.zeros_like(active), last)
-    system = _System(prior, diagonal(prior), torch.eye(prior.shape[-1], dtype=prior.dtype, device=prior.device),
-                     (frame.weights * frame.visible).repeat_interleave(2, 1)[..., None])
+    limit = pdm.local_limit(shape_sigmas)
+    system = _System(diagonal(prior), -prior[..., None, 6:], -limit, limit,
+                     (frame.weights * frame.visible).repeat_interleave(2, 1)[..., None],
+                     frame.image_to_reference.mT, frame.reference_to_image.mT)
     if compiled:
         state = compiled_function(iterations_unrolled)(pdm, frame, state, system, rigid, sigma, convergence, kde_step,
                                                        shape_sigmas, iterations)
@@ -131,33 +136,32 @@ def iterations_unrolled(pdm: PointDistributionModel, frame: ResponseFrame, state
 def iteration(pdm: PointDistributionModel, frame: ResponseFrame, state: _Iterate, system: _System, rigid: bool,
               sigma: float, convergence: float, kde_step: float, shape_sigmas: float) -> _Iterate:
     """One NU-RLMS iteration of :func:`nu_rlms`: the step from ``state.shape``, then the new shape
-    and which faces still run. Reads nothing back on the host (so it compiles to one graph)."""
+    and which faces still run. Reads nothing back on the host (so it compiles to one graph).
+
+    Written in few tensor operations: for one face each costs microseconds of overhead, more
+    than its arithmetic. A face that no longer runs takes a zero step (its params and rotation
+    are unchanged by it, exactly)."""
     params_global, params_local, rotation, shape, jacobian, running, failed, moved, last = state
-    batch = params_global.shape[0]
-    centre = (frame.maps.shape[-1] - 1) / 2
-    prior, regulariser, identity, weights = system
-    position = (shape - frame.base_shape) @ frame.image_to_reference.transpose(1, 2) + centre   # (B, n, 2) map pixels
+    centre = constant((frame.maps.shape[-1] - 1) / 2, shape)
+    position = torch.bmm(shape - frame.base_shape, system.image_to_reference) + centre     # (B, n, 2) map pixels
     last = torch.where(running[:, None, None], position, last)
-    shift = mean_shift_at(frame.maps, position, sigma, kde_step)
-    shift = (shift @ frame.reference_to_image.transpose(1, 2)) * frame.visible[..., None]
+    shift = torch.bmm(mean_shift_at(frame.maps, position, sigma, kde_step), system.reference_to_image)   # pixels
     jacobian = jacobian.flatten(1, 2)                                            # (B, 2n, k)
-    weighted = (jacobian * weights).transpose(1, 2)                             # (B, k, 2n)
-    gradient = ((shift.reshape(batch, -1, 1) * weights).transpose(1, 2) @ jacobian).squeeze(1)   # a row: faster than J^T s
+    weighted = jacobian * system.weights                                         # W J; W is 0 where not visible
+    gradient = torch.bmm(shift.flatten(1).unsqueeze(1), weighted)               # (B, 1, k): a row, faster than J^T W s
     if not rigid:
-        gradient[:, 6:] -= prior[..., 6:] * params_local
-    hessian = torch.where(running[:, None, None], regulariser + weighted @ jacobian, identity)
-    step, info = solve(hessian, gradient.unsqueeze(-1))
-    step = step.squeeze(-1)
-    unsolved = running & ((info != 0) | ~torch.isfinite(step).all(1))
-    failed = failed | unsolved
-    running = running & ~unsolved
-    new_global, new_local = pdm.add_step(params_global, params_local, step)
-    new_local = pdm.clamp(new_local, shape_sigmas)
-    keep = running[:, None]
-    params_global = torch.where(keep, new_global, params_global)
-    params_local = torch.where(keep, new_local, params_local)
-    rotation = torch.where(keep[..., None], pdm.rotate(rotation, step), rotation)
-    moved = moved | running
+        gradient[..., 6:].add_(system.prior_local * params_local.unsqueeze(1))
+    hessian = torch.baddbmm(system.regulariser, weighted.mT, jacobian)
+    step, info = solve(hessian, gradient.mT)
+    solved = info.logical_not() & (step.sum((1, 2)).abs() < constant(torch.inf, step))     # and finite
+    taken = running & solved
+    failed = failed | (running & ~solved)
+    running = taken[:, None]
+    step = torch.where(running, step.squeeze(-1), constant(0.0, step))
+    params_global, new_local = pdm.add_step(params_global, params_local, step)
+    params_local = torch.where(running, torch.maximum(torch.minimum(new_local, system.high), system.low), params_local)
+    rotation = pdm.rotate(rotation, step)
+    moved = moved | taken
     new_shape, jacobian = pdm.project_with_jacobian(params_global, params_local, rigid, rotation)
-    running = running & (torch.linalg.vector_norm((new_shape - shape).flatten(1), dim=1) >= convergence)
+    running = taken & (torch.linalg.vector_norm((new_shape - shape).flatten(1), dim=1) >= constant(convergence, shape))
     return _Iterate(params_global, params_local, rotation, new_shape, jacobian, running, failed, moved, last)

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from ..openface import PDMData
+from .constants import constant
 from .linalg import cross, solve
 from .rotation import euler_to_matrix, matrix_to_euler, small_rotation
 from .sync import syncs_cheaply
@@ -43,6 +44,7 @@ class PointDistributionModel(nn.Module):
         # the same basis laid out for matmuls: ([B,] m, n·3) and ([B,] 3, n·m)
         self.register_buffer("_basis_by_mode", components.movedim(-1, -3).reshape(*faces, m, n * 3).to(dtype))
         self.register_buffer("_basis_by_axis", components.movedim(-2, -3).reshape(*faces, 3, n * m).to(dtype))
+        self.register_buffer("_mean_flat", data.mean_shape.reshape(*faces, n * 3).to(dtype), persistent=False)
         device = components.device
         self.register_buffer("_eye2", torch.eye(2, dtype=dtype, device=device), persistent=False)
         self.register_buffer("_additive", torch.tensor([1.0, 0, 0, 0, 1, 1], dtype=dtype, device=device), persistent=False)
@@ -70,8 +72,9 @@ class PointDistributionModel(nn.Module):
     def shape_3d(self, params_local: torch.Tensor) -> torch.Tensor:
         """(B, m) local params → (B, n, 3) model-frame 3D shape (millimetres)."""
         basis = self._basis_by_mode
-        offsets = params_local @ basis if basis.dim() == 2 else params_local.unsqueeze(1) @ basis
-        return self.mean_shape + offsets.view(-1, self.num_points, 3)
+        if basis.dim() == 2:
+            return torch.addmm(self._mean_flat, params_local, basis).view(-1, self.num_points, 3)
+        return self.mean_shape + (params_local.unsqueeze(1) @ basis).view(-1, self.num_points, 3)
 
     def project(self, params_global: torch.Tensor, params_local: torch.Tensor | None = None) -> torch.Tensor:
         """(B, 6) global, (B, m) local params → (B, n, 2) landmarks, pixels."""
@@ -110,15 +113,14 @@ class PointDistributionModel(nn.Module):
         if rotation is None:
             rotation = euler_to_matrix(params_global[:, 1:4])
         top = rotation[:, :2]                                                         # (B, 2, 3)
-        scale = params_global[:, 0, None, None]
-        rotated = shape @ top.transpose(1, 2)                                         # (B, n, 2)
-        landmarks = scale * rotated + params_global[:, None, 4:6]
+        scaled_top = params_global[:, :1].unsqueeze(-1) * top                         # s R, rows x and y
+        rotated = torch.bmm(shape, top.mT)                                            # (B, n, 2)
+        landmarks = torch.bmm(shape, scaled_top.mT) + params_global[:, 4:].unsqueeze(1)
         # d(R (I + [δ]×) X)/dδ = R [δ ↦ δ × X] = -R [X]×, whose row r is s X × R_r (a cross product per point)
-        d_rot = cross((scale * shape)[:, :, None], top[:, None])         # (B, n, 2, 3)
+        d_rot = cross(shape.unsqueeze(2), scaled_top.unsqueeze(1))                    # (B, n, 2, 3)
         columns = [rotated.unsqueeze(-1), d_rot, self._translation_columns(batch)]
         if not rigid:
-            local = (top @ self._basis_by_axis).view(batch, 2, n, -1).transpose(1, 2)   # (B, n, 2, m)
-            columns.append(scale[..., None] * local)
+            columns.append((scaled_top @ self._basis_by_axis).view(batch, 2, n, -1).transpose(1, 2))   # (B, n, 2, m)
         return landmarks, torch.cat(columns, -1)
 
     def _translation_columns(self, batch: int) -> torch.Tensor:
@@ -149,12 +151,16 @@ class PointDistributionModel(nn.Module):
     @staticmethod
     def rotate(rotation: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         """(B, 3, 3) rotations composed with a step's small rotation ``delta[:, 1:4]``: ``R · R(δ)``."""
-        return rotation @ small_rotation(delta[:, 1:4])
+        return torch.bmm(rotation, small_rotation(delta[:, 1:4]))
 
     def clamp(self, params_local: torch.Tensor, n_sigmas: float = 3.0) -> torch.Tensor:
         """Local params limited to ± n_sigmas standard deviations of each mode."""
-        limit = n_sigmas * torch.sqrt(self.eigenvalues)
-        return torch.maximum(torch.minimum(params_local, limit), -limit)
+        limit = self.local_limit(n_sigmas)
+        return torch.maximum(torch.minimum(params_local, limit), -limit)      # Core ML: no clamp to tensors
+
+    def local_limit(self, n_sigmas: float = 3.0) -> torch.Tensor:
+        """(m,) or (B, m): n_sigmas standard deviations of each mode, the bound :meth:`clamp` applies."""
+        return n_sigmas * torch.sqrt(self.eigenvalues)
 
     def params_from_box(self, boxes: torch.Tensor, rotation: torch.Tensor | None = None,
                         params_local: torch.Tensor | None = None) -> torch.Tensor:
@@ -188,7 +194,7 @@ class PointDistributionModel(nn.Module):
 
         Args:
             landmarks: (B, n, 2) pixels.
-            visible: (B, n) bool, landmarks to use (default all).
+            visible: (B, n) bool, landmarks to use (default all); the others may be anything, NaN too.
             rotation: (B, 3) initial rotation, radians (default 0).
             compiled: run the steps as ``torch.compile``-d blocks of :data:`CHECK_EVERY` (same
                 results up to float rounding; see :mod:`.compiling`).
@@ -198,6 +204,7 @@ class PointDistributionModel(nn.Module):
         batch, n = landmarks.shape[:2]
         visible = torch.ones(batch, n, dtype=torch.bool, device=landmarks.device) if visible is None else visible
         weight = visible.to(landmarks.dtype)
+        landmarks = torch.where(visible[..., None], landmarks, 0.0)                   # unused ones may be NaN
         big = torch.finfo(landmarks.dtype).max
         low = torch.where(visible[..., None], landmarks, big).amin(1)
         high = torch.where(visible[..., None], landmarks, -big).amax(1)
@@ -210,13 +217,13 @@ class PointDistributionModel(nn.Module):
         local = landmarks.new_zeros(batch, self.num_modes)
 
         prior = self.prior(1.0)
-        regulariser = diagonal(prior)
+        regulariser, prior_local = diagonal(prior), -prior[..., None, 6:]
         start_rotation = params[:, 1:4]
         rotation = euler_to_matrix(start_rotation)                  # carried as a matrix, as in nu_rlms
         moved = torch.zeros(batch, dtype=torch.bool, device=landmarks.device)
         projected, jacobian = self.project_with_jacobian(params, local, rotation=rotation)
         weight2 = weight.repeat_interleave(2, 1)[..., None]                          # (B, 2n, 1)
-        current = torch.sqrt((((projected - landmarks) ** 2).sum(-1) * weight).sum(1))
+        current = torch.sqrt(((projected - landmarks).square().sum(-1) * weight).sum(1))
         stalls = torch.zeros(batch, dtype=torch.long, device=landmarks.device)
         state = (params, local, rotation, projected, jacobian, current, stalls, moved)
         if compiled:                        # blocks of CHECK_EVERY masked steps, one compiled graph each
@@ -226,13 +233,13 @@ class PointDistributionModel(nn.Module):
             for _ in range(0, max_iterations, CHECK_EVERY):
                 if not bool((state[6] < 3).any()):
                     break
-                state = block(self, landmarks, weight, weight2, prior, regulariser, state, CHECK_EVERY)
+                state = block(self, landmarks, weight, weight2, prior_local, regulariser, state, CHECK_EVERY)
         else:
             check_every = 1 if syncs_cheaply(landmarks) else CHECK_EVERY      # GPUs: read the flags back less often
             for iteration in range(max_iterations):
                 if iteration % check_every == 0 and not bool((state[6] < 3).any()):
                     break
-                state = _calc_params_steps(self, landmarks, weight, weight2, prior, regulariser, state, 1)
+                state = _calc_params_steps(self, landmarks, weight, weight2, prior_local, regulariser, state, 1)
         params, local, rotation, _, _, _, _, moved = state
         euler = torch.where(moved[:, None], matrix_to_euler(rotation), start_rotation)
         return torch.cat([params[:, :1], euler, params[:, 4:]], 1), local
@@ -247,39 +254,33 @@ CHECK_EVERY = 8      # CalcParams steps between reads of the stop flags (GPUs, c
 
 
 def _calc_params_steps(pdm: PointDistributionModel, landmarks: torch.Tensor, weight: torch.Tensor, weight2: torch.Tensor,
-                       prior: torch.Tensor, regulariser: torch.Tensor, state: tuple[torch.Tensor, ...],
+                       prior_local: torch.Tensor, regulariser: torch.Tensor, state: tuple[torch.Tensor, ...],
                        steps: int) -> tuple[torch.Tensor, ...]:
     """``steps`` damped Gauss-Newton steps of :meth:`PointDistributionModel.params_from_landmarks`
     on ``state`` = (params, local, rotation, projected, jacobian, error, stalls, moved), ``weight2``
-    the (B, 2n, 1) per-coordinate ``weight``, ``prior`` (k,) or (B, k) and ``regulariser`` its
-    diagonal matrix; a face whose error stalled three times is left as it is. Reads nothing
-    back on the host."""
+    the (B, 2n, 1) per-coordinate ``weight``, ``prior_local`` the negated prior of the local params
+    (1, m) or (B, 1, m) and ``regulariser`` the prior's diagonal matrix. A face whose error stalled
+    three times takes zero steps, which leave it exactly as it is. Reads nothing back on the host."""
     params, local, rotation, projected, jacobian, current, stalls, moved = state
-    batch = params.shape[0]
+    three, zero = constant(3, stalls), constant(0.0, params)
     for _ in range(steps):
-        active = stalls < 3
-        residual = ((landmarks - projected) * weight[..., None]).reshape(batch, -1, 1)   # (B, 2n, 1)
+        active = stalls < three
+        residual = (landmarks - projected).flatten(1).unsqueeze(1)                  # (B, 1, 2n)
         flat = jacobian.flatten(1, 2)                                             # (B, 2n, k)
-        weighted = (flat * weight2).transpose(1, 2)                               # (B, k, 2n)
-        gradient = (weighted @ residual).squeeze(-1)
-        gradient[:, 6:] -= prior[..., 6:] * local
-        hessian = regulariser + weighted @ flat
-        step, info = solve(hessian, gradient.unsqueeze(-1))
-        step = 0.75 * step.squeeze(-1)
-        unsolved = active & ((info != 0) | ~torch.isfinite(step).all(1))    # degenerate landmarks: stop there
-        stalls = torch.where(unsolved, torch.full_like(stalls, 3), stalls)
-        active = active & ~unsolved
-        new_rotation = pdm.rotate(rotation, step)
-        new_params, new_local = pdm.add_step(params, local, step)
-        new_projected, new_jacobian = pdm.project_with_jacobian(new_params, new_local, rotation=new_rotation)
-        new_error = torch.sqrt((((new_projected - landmarks) ** 2).sum(-1) * weight).sum(1))
-        keep = active[:, None]
-        params = torch.where(keep, new_params, params)
-        local = torch.where(keep, new_local, local)
-        projected = torch.where(keep[..., None], new_projected, projected)
-        jacobian = torch.where(keep[..., None, None], new_jacobian, jacobian)
-        rotation = torch.where(keep[..., None], new_rotation, rotation)
+        weighted = flat * weight2                                                 # weights are 0 or 1
+        gradient = torch.bmm(residual, weighted)                                  # (B, 1, k)
+        gradient[..., 6:].add_(prior_local * local.unsqueeze(1))
+        hessian = torch.baddbmm(regulariser, weighted.mT, flat)
+        step, info = solve(hessian, gradient.mT)
+        solved = info.logical_not() & (step.sum((1, 2)).abs() < constant(torch.inf, step))     # and finite
+        stalls = torch.where(active & ~solved, three, stalls)                     # degenerate landmarks: stop there
+        active = active & solved
+        step = torch.where(active[:, None], constant(0.75, step) * step.squeeze(-1), zero)
+        rotation = pdm.rotate(rotation, step)
+        params, local = pdm.add_step(params, local, step)
+        projected, jacobian = pdm.project_with_jacobian(params, local, rotation=rotation)
+        error = torch.sqrt(((projected - landmarks).square().sum(-1) * weight).sum(1))
         moved = moved | active
-        stalls = stalls + (active & (0.999 * current < new_error)).long()
-        current = torch.where(active, new_error, current)
+        stalls = stalls + (active & (constant(0.999, current) * current < error)).to(stalls.dtype)
+        current = error
     return params, local, rotation, projected, jacobian, current, stalls, moved

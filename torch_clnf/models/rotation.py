@@ -5,6 +5,7 @@ import math
 
 import torch
 
+from .constants import constant
 from .linalg import asin, atan2
 
 
@@ -31,15 +32,6 @@ def _euler_terms() -> torch.Tensor:
 _EULER_TERMS = _euler_terms()
 _PHASE = torch.tensor([0.0, math.pi / 2], dtype=torch.float64)                 # (sin, cos) = sin(θ + phase)
 _EULER_ENTRIES = torch.tensor([2, 5, 1, 8, 0, 4])      # flat indices of R02, R12, R01, R22, R00, R11
-_copies: dict[tuple, torch.Tensor] = {}
-
-
-def _constant(value: torch.Tensor, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """A module constant on ``like``'s device (and dtype), converted once."""
-    key = (id(value), like.device, dtype or like.dtype)
-    if key not in _copies:
-        _copies[key] = value.to(like.device, dtype or like.dtype)
-    return _copies[key]
 
 
 def euler_to_matrix(euler: torch.Tensor) -> torch.Tensor:
@@ -50,10 +42,10 @@ def euler_to_matrix(euler: torch.Tensor) -> torch.Tensor:
     Returns:
         (..., 3, 3).
     """
-    trig = torch.sin(euler[..., None] + _constant(_PHASE, euler))                 # (..., 3, 2) sin, cos per angle
+    trig = torch.sin(euler[..., None] + constant(_PHASE, euler))                 # (..., 3, 2) sin, cos per angle
     u = torch.cat([torch.ones_like(trig[..., :1]), trig], -1)                    # (..., 3, 3) (1, sin, cos)
     products = (u[..., 0, :, None, None] * u[..., 1, None, :, None] * u[..., 2, None, None, :]).flatten(-3)
-    return (products @ _constant(_EULER_TERMS, euler)).unflatten(-1, (3, 3))
+    return (products @ constant(_EULER_TERMS, euler)).unflatten(-1, (3, 3))
 
 
 def matrix_to_euler(rotation: torch.Tensor) -> torch.Tensor:
@@ -69,7 +61,7 @@ def matrix_to_euler(rotation: torch.Tensor) -> torch.Tensor:
     Returns:
         (..., 3) radians.
     """
-    picked = rotation.flatten(-2)[..., _constant(_EULER_ENTRIES, rotation, torch.long)]   # R02, R12, R01, R22, R00, R11
+    picked = rotation.flatten(-2)[..., constant(_EULER_ENTRIES, rotation, torch.long)]   # R02, R12, R01, R22, R00, R11
     yaw = asin(picked[..., 0].clamp(-1, 1))
     pitch_roll = atan2(-picked[..., 1:3], picked[..., 3:5])               # atan2(-R12, R22), atan2(-R01, R00)
     euler = torch.stack([pitch_roll[..., 0], yaw, pitch_roll[..., 1]], -1)
@@ -77,16 +69,10 @@ def matrix_to_euler(rotation: torch.Tensor) -> torch.Tensor:
     return torch.where(defined[..., None], euler, torch.zeros_like(euler))
 
 
-
-# [v]× = (v @ _SKEW).view(3, 3): the 9 entries of the cross-product matrix as linear maps of v.
+# [v]× = (v @ _SKEW).view(3, 3): the 9 entries of the cross-product matrix as linear maps of v
 _SKEW = torch.tensor([[0, 0, 0, 0, 0, -1, 0, 1, 0],
                       [0, 0, 1, 0, 0, 0, -1, 0, 0],
                       [0, -1, 0, 1, 0, 0, 0, 0, 0]], dtype=torch.float64)
-
-
-def skew(v: torch.Tensor) -> torch.Tensor:
-    """(..., 3) → (..., 3, 3) cross-product matrices ``[v]×`` (``[v]× u = v × u``)."""
-    return (v @ _constant(_SKEW, v)).unflatten(-1, (3, 3))
 
 
 def small_rotation(delta: torch.Tensor) -> torch.Tensor:
@@ -94,17 +80,18 @@ def small_rotation(delta: torch.Tensor) -> torch.Tensor:
 
     OpenFace orthonormalises ``I + K`` (K = [δ]×) with an SVD. Its orthonormal factor has a closed
     form, the rotation by ``atan |δ|`` about δ: ``I + K / c + K² / (c (c + 1))`` with
-    ``c = sqrt(1 + |δ|²)``, which needs no SVD (so it runs on every device) and has no
-    singularity at δ = 0.
+    ``c = sqrt(1 + |δ|²)``; as ``K² = δ δᵀ − |δ|² I`` this is ``(I + K + δ δᵀ / (c + 1)) / c``,
+    which needs no SVD (so it runs on every device) and has no singularity at δ = 0.
 
     Args:
         delta: (..., 3) radians, rotation about x, y, z.
     Returns:
         (..., 3, 3).
     """
-    # K² = δ δᵀ − |δ|² I
-    squared = (delta * delta).sum(-1)[..., None, None]
-    c = torch.sqrt(1 + squared)
-    eye = torch.eye(3, dtype=delta.dtype, device=delta.device)
-    outer = delta.unsqueeze(-1) * delta.unsqueeze(-2)
-    return eye + skew(delta) / c + (outer - squared * eye) / (c * (c + 1))
+    one = constant(1.0, delta)
+    c = torch.sqrt(delta.square().sum(-1, keepdim=True) + one).unsqueeze(-1)       # (..., 1, 1)
+    linear = torch.addmm(constant(_EYE, delta), delta.reshape(-1, 3), constant(_SKEW, delta))   # I + K, flat
+    return (linear.view(*delta.shape[:-1], 3, 3) + delta.unsqueeze(-1) * delta.unsqueeze(-2) / (c + one)) / c
+
+
+_EYE = torch.eye(3, dtype=torch.float64).flatten()
