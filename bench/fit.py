@@ -1,6 +1,6 @@
 """Landmark fitting speed: torch_clnf vs OpenFace C++'s fit times in the reference CSVs.
 
-    python bench/fit.py [--models DIR] [--device cpu|cuda|mps] [--batches 1 8 64] [--repeats 10] [--ceclm]
+    python bench/fit.py [--models DIR] [--device cpu|cuda|mps] [--batches 1 8 64] [--repeats 10] [--ceclm] [--compile]
 
 Fits from the recorded MTCNN boxes of ../shared/media/sample1–6.jpg (CLNF general model, part
 models on, as the C++ reference); batches repeat those six faces. Image decoding is excluded on
@@ -16,12 +16,14 @@ import platform
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import cv2
 import torch
 
 import torch_clnf
+from torch_clnf import FitConfig
 
 from timing import SHARED, ceclm_models, median_ms
 
@@ -49,6 +51,11 @@ def run(name: str, model: torch_clnf.LandmarkModel, batches: list[int], device: 
         cpp_ms: float) -> None:
     for batch in batches:
         greys, boxes, index = faces(batch, device)
+        if model.config.compile:          # compile (or load from the disk cache) this batch size's graphs first
+            start = time.perf_counter()
+            for _ in range(2):
+                model.fit(greys, boxes, image_index=index)
+            print(f"# compiling for {batch} faces: {time.perf_counter() - start:.0f} s", flush=True)
         seconds = median_ms(lambda: model.fit(greys, boxes, image_index=index), device,
                             repeats if batch < 64 else max(3, repeats // 3), warmup=1) / 1000
         per_face = seconds * 1000 / batch
@@ -63,6 +70,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 64])
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--ceclm", action="store_true", help="also time CE-CLM on full-size synthetic CEN files")
+    parser.add_argument("--compile", action="store_true", help="also time CLNF with FitConfig(compile=True)")
     args = parser.parse_args()
     device = torch.device(args.device)
     print(f"# {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads, "
@@ -72,6 +80,9 @@ def main() -> None:
     cpp_clnf = cpp_median_ms("images_default.csv")
     run("CLNF", torch_clnf.load_model("main_clnf_general.txt", args.models, device=device), args.batches, device,
         args.repeats, cpp_clnf)
+    if args.compile:
+        model = torch_clnf.load_model("main_clnf_general.txt", args.models, device=device, config=FitConfig(compile=True))
+        run("CLNF compiled", model, args.batches, device, args.repeats, cpp_clnf)
     if args.ceclm:
         with tempfile.TemporaryDirectory() as folder, tempfile.TemporaryDirectory() as cache:
             model = torch_clnf.load_model("main_ceclm_general.txt", ceclm_models(Path(folder), args.models),

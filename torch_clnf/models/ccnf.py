@@ -6,7 +6,7 @@ from torch import nn
 
 from ..openface import CCNFPatchExperts
 from .windows import (PatchResponse, check_inputs, correlation, normalise, normalised_correlation, per_view,
-                      response_window, window_statistics)
+                      response_window, window_statistics, zero_mean)
 
 # OpenFace skips neurons whose alpha is this small.
 MIN_ALPHA = 1e-4
@@ -136,9 +136,9 @@ class CCNFExperts(nn.Module):
                 return (pick @ table).squeeze(2)
 
             stats = window_statistics(faces, self.support)
-            z = correlation(stats.centred, weights.flatten(1, 2))                     # (F, L, V·N, win, win)
+            z = correlation(stats.centred, zero_mean(weights.flatten(1, 2)))          # (F, L, V·N, win, win)
             z = picked(z.unflatten(2, (views_count, neurons)).flatten(3)).unflatten(-1, (neurons, win, win))
-            z = normalise(stats, z, picked(weights.sum((-2, -1))), picked(by_landmark(self.bias)))   # (F, L, N, win, win)
+            z = normalise(stats, z, picked(by_landmark(self.bias)))                   # (F, L, N, win, win)
             summed = (2 * picked(by_landmark(self.alpha))[..., None] * torch.sigmoid(z.flatten(-2))).sum(-2)   # (F, L, P)
             sigmas = self.sigmas(win) if landmarks is None else self.sigmas(win)[index]         # (L, V, P, P)
             every = (summed.transpose(0, 1) @ sigmas.flatten(1, 2).transpose(1, 2)).unflatten(-1, sigmas.shape[1:3])

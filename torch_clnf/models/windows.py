@@ -1,10 +1,10 @@
 """What CCNF and CEN experts share: contrast-normalised correlation and per-view grouping.
 
 Both kinds of expert apply weights ``W`` to contrast-normalised windows ``(x − m) / n`` (``m``
-the window's mean, ``n`` the L2 norm of ``x − m``, 0 → 1). By linearity this is
-``(W·x − m·ΣW) / n``, so the correlation ``W·x`` runs as one grouped convolution over the raw
-areas (one group per landmark) and the per-window mean and norm come from box filters: the
-121-fold im2col copy of every area is never made.
+the window's mean, ``n`` the L2 norm of ``x − m``, 0 → 1). By linearity ``W·(x − m) = W'·x``
+with ``W' = W − mean(W)``, the zero-mean filter, so the correlation runs as one grouped
+convolution over the raw areas (one group per landmark), the norms come from box filters, and
+neither the mean nor the 121-fold im2col copy of every area is ever subtracted or made.
 """
 from __future__ import annotations
 
@@ -29,16 +29,14 @@ class PatchResponse(NamedTuple):
 
 
 class WindowStatistics(NamedTuple):
-    """Areas centred on their own mean, and each window's mean and inverse norm.
+    """Areas centred on their own mean, and each window's inverse norm.
 
     Attributes:
         centred: (B, C, H, W), each area minus its mean (keeps float32 sums well conditioned).
-        mean: (B, C, win_h, win_w), each window's mean of ``centred``.
-        inverse_norm: (B, C, win_h, win_w), 1 / ‖window − mean‖ (1 where the window is flat).
+        inverse_norm: (B, C, win_h, win_w), 1 / ‖window − its mean‖ (1 where the window is flat).
     """
 
     centred: torch.Tensor
-    mean: torch.Tensor
     inverse_norm: torch.Tensor
 
 
@@ -64,7 +62,13 @@ def window_statistics(areas: torch.Tensor, support: tuple[int, int]) -> WindowSt
     mean = box_mean(centred, support)
     square = box_mean(centred * centred, support)
     norm = torch.sqrt(torch.clamp(square - mean * mean, min=0) * (support[0] * support[1]))
-    return WindowStatistics(centred, mean, 1 / torch.where(norm == 0, torch.ones_like(norm), norm))
+    return WindowStatistics(centred, 1 / torch.where(norm == 0, torch.ones_like(norm), norm))
+
+
+def zero_mean(weight: torch.Tensor) -> torch.Tensor:
+    """(..., h, w) filters minus each one's mean: correlating raw windows with them equals
+    correlating the windows minus their means with the original filters."""
+    return weight - weight.mean((-2, -1), keepdim=True)
 
 
 def normalised_correlation(stats: WindowStatistics, weight: torch.Tensor, bias: torch.Tensor,
@@ -80,8 +84,8 @@ def normalised_correlation(stats: WindowStatistics, weight: torch.Tensor, bias: 
     Returns:
         (B, C, K, win_h', win_w').
     """
-    z = correlation(stats.centred, weight, stride, offset, channels_last)
-    return normalise(stats, z, weight.sum((-2, -1)), bias, stride, offset)
+    z = correlation(stats.centred, zero_mean(weight), stride, offset, channels_last)
+    return normalise(stats, z, bias, stride, offset)
 
 
 def correlation(centred: torch.Tensor, weight: torch.Tensor, stride: int = 1, offset: tuple[int, int] = (0, 0),
@@ -99,14 +103,12 @@ def correlation(centred: torch.Tensor, weight: torch.Tensor, stride: int = 1, of
     return z.reshape(z.shape[0], channels, k, *z.shape[-2:])
 
 
-def normalise(stats: WindowStatistics, z: torch.Tensor, weight_sums: torch.Tensor, bias: torch.Tensor,
-              stride: int = 1, offset: tuple[int, int] = (0, 0)) -> torch.Tensor:
-    """(B, C, K, win_h', win_w') correlations ``W · window`` → ``(W · window − mean · ΣW) / norm + b``,
-    with ``weight_sums`` ΣW and ``bias`` b of shape (C, K) or (B, C, K)."""
-    mean = stats.mean[..., offset[0]::stride, offset[1]::stride][..., : z.shape[-2], : z.shape[-1]]
+def normalise(stats: WindowStatistics, z: torch.Tensor, bias: torch.Tensor, stride: int = 1,
+              offset: tuple[int, int] = (0, 0)) -> torch.Tensor:
+    """(B, C, K, win_h', win_w') correlations with zero-mean filters (:func:`zero_mean`) →
+    ``z / norm + b``, with ``bias`` b of shape (C, K) or (B, C, K)."""
     inverse = stats.inverse_norm[..., offset[0]::stride, offset[1]::stride][..., : z.shape[-2], : z.shape[-1]]
-    z = (z - mean.unsqueeze(2) * weight_sums[..., None, None]) * inverse.unsqueeze(2)
-    return z + bias[..., None, None]
+    return z * inverse.unsqueeze(2) + bias[..., None, None]
 
 
 def _per_entry_correlation(centred: torch.Tensor, weight: torch.Tensor, stride: int,
