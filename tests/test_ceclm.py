@@ -49,3 +49,22 @@ def test_ceclm_dense_and_sparse_agree_roughly(ceclm_dir, media_dir, reference_di
     dense = model.fit([media_dir / records[0]["file_or_frame"]], boxes(records))
     assert not torch.equal(sparse.landmarks, dense.landmarks)
     assert np.isfinite(dense.landmarks.numpy()).all()
+
+
+def test_multi_view_stops_at_the_first_hypothesis_that_passes_early_termination(ceclm_dir, media_dir, reference_dir,
+                                                                                 tmp_path):
+    """With every cutoff below any likelihood, OpenFace's CE-CLM search completes the frontal
+    hypothesis alone: the plain fit from the box."""
+    folder = tmp_path / "models"
+    folder.mkdir()
+    for item in ceclm_dir.iterdir():
+        if item.name != "early_term_cen_of.txt":
+            (folder / item.name).symlink_to(item.resolve())
+    (folder / "early_term_cen_of.txt").write_text("1 1 1\n0 0 0\n-1e30 -1e30 -1e30\n")
+    model = torch_clnf.load_model("main_ceclm_general.txt", models=folder, cache=tmp_path / "cache", dtype=torch.float64)
+    records = rows(reference_dir / "openface_cpp/images_default.csv")[:2]
+    images = [media_dir / r["file_or_frame"] for r in records]
+    plain = model.fit(images, boxes(records))
+    searched = model.fit(images, boxes(records), multi_view=True)
+    torch.testing.assert_close(searched.landmarks, plain.landmarks, atol=1e-6, rtol=0)
+    assert searched.success.tolist() == plain.success.tolist()

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .fitting import ROTATION_HYPOTHESES, FitConfig, FitState, ModelFitter
+from .fitting import ROTATION_HYPOTHESES, FitConfig, FitState, ModelFitter, fit_hypotheses
 from .fitting.sampling import MARGIN
 from .images import ImageBatch, ImageLike, as_array, prepare_images
 from .memory import keep_freed_memory
@@ -97,6 +97,7 @@ class LandmarkModel(nn.Module):
         self.is_ceclm = bool(model.cen)
         self.config = config.for_ceclm() if self.is_ceclm else config
         self.fitter = ModelFitter(model, self.config, dtype)
+        self.early_termination = model.early_termination                         # CE-CLM's multi-view search
         self.validator = validator
         self.detector = detector
 
@@ -174,8 +175,9 @@ class LandmarkModel(nn.Module):
             boxes: (B, 4) face boxes ``(x, y, width, height)``, pixels; None: every face the
                 detector finds (``image_index`` then says whose; no face in any image gives B = 0).
             image_index: (B,) the image of each box (default: box k is in image k).
-            multi_view: also try 10 other head rotations and keep the most likely fit (as
-                OpenFace does when it first finds a face in a video); 11 times the work.
+            multi_view: also try 10 other head rotations and keep the most likely fit, as
+                OpenFace does when it first finds a face in a video (:func:`~torch_clnf.fitting.fit_hypotheses`):
+                11 times the work for CLNF; for CE-CLM, 11 first-scale fits and one to three complete ones.
         """
         batch = self.prepare(images)
         if boxes is None:
@@ -197,16 +199,9 @@ class LandmarkModel(nn.Module):
             return self._result(state, batch, index)
         hypotheses = torch.tensor(ROTATION_HYPOTHESES, dtype=self.dtype, device=self.device)   # (H, 3)
         count, h = boxes.shape[0], hypotheses.shape[0]
-        g = fitter.pdm.params_from_box(boxes.repeat_interleave(h, 0), hypotheses.repeat(count, 1))
-        p = g.new_zeros(g.shape[0], fitter.pdm.num_modes)
-        state = fitter.fit(grey, index.repeat_interleave(h), g, p, self.config.window_sizes, parts=False)
-        likelihood = torch.where(state.success, state.likelihood, torch.full_like(state.likelihood, -torch.inf))
-        best = likelihood.reshape(count, h).argmax(1) + torch.arange(count, device=self.device) * h
-        chosen = FitState(state.params_global[best], state.params_local[best], state.landmarks[best],
-                          state.likelihood[best], state.success[best], state.view[best])
-        if self.config.refine_hierarchical and len(fitter.parts):
-            chosen = fitter.refine_parts(grey, index, chosen, chosen.success)
-        return self._result(chosen, batch, index)
+        g = fitter.pdm.params_from_box(boxes.repeat_interleave(h, 0), hypotheses.repeat(count, 1)).view(count, h, 6)
+        state = fit_hypotheses(fitter, grey, index, g, self.config.window_sizes, self.early_termination)
+        return self._result(state, batch, index)
 
     @torch.inference_mode()
     def refine(self, images: Images, landmarks: torch.Tensor,

@@ -1,0 +1,75 @@
+"""fit_hypotheses: OpenFace's multi-view searches, basic (CLNF) and with early termination (CE-CLM)."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import torch
+
+from torch_clnf.fitting import FitConfig, FitState, fit_hypotheses
+from torch_clnf.openface import EarlyTermination
+
+
+class ScriptedFitter:
+    """A fitter whose fits are scripted: a fit moves params_global[:, 0] by 1 per scale fitted,
+    its likelihood is params_global[:, 1] (the hypothesis' 'pitch') plus 10 per completed scale,
+    its view is 0 for even and 1 for odd pitch, and a pitch of 99 fails."""
+
+    def __init__(self) -> None:
+        self.config = FitConfig(refine_hierarchical=False)
+        self.parts = []
+        self.pdm = SimpleNamespace(num_modes=2)
+        self.calls: list[tuple[tuple[int, ...], torch.Tensor]] = []
+
+    def fit(self, padded, image_index, params_global, params_local, window_sizes, active=None, parts=True) -> FitState:
+        active = torch.ones(len(params_global), dtype=torch.bool) if active is None else active
+        self.calls.append((tuple(window_sizes), params_global[active, 1].clone()))
+        scales = sum(1 for w in window_sizes if w)
+        g = params_global.clone()
+        g[:, 0] = torch.where(active, g[:, 0] + scales, g[:, 0])
+        pitch = g[:, 1]
+        likelihood = pitch + 10 * (window_sizes[-1] > 0)
+        success = active & (pitch != 99)
+        return FitState(g, params_local, g[:, None, :2], likelihood, success, (pitch % 2).long())
+
+
+def hypotheses(*pitches: float) -> torch.Tensor:
+    """(1, H, 6) starting params, hypothesis k with pitch ``pitches[k]``."""
+    g = torch.zeros(1, len(pitches), 6, dtype=torch.float64)
+    g[0, :, 1] = torch.tensor(pitches, dtype=torch.float64)
+    return g
+
+
+def search(g: torch.Tensor, cutoffs: list[float] | None) -> tuple[FitState, ScriptedFitter]:
+    fitter = ScriptedFitter()
+    early = None if cutoffs is None else EarlyTermination(torch.ones(2), torch.zeros(2), torch.tensor(cutoffs))
+    state = fit_hypotheses(fitter, torch.zeros(1, 8, 8), torch.zeros(len(g), dtype=torch.long), g, (11, 9, 7), early)
+    return state, fitter
+
+
+def test_basic_search_fits_every_hypothesis_over_all_scales_and_keeps_the_most_likely():
+    state, fitter = search(hypotheses(1, 5, 99, 3), None)
+    assert [c[0] for c in fitter.calls] == [(11, 9, 7)]
+    assert state.params_global[0, 1] == 5 and bool(state.success[0])
+
+
+def test_early_termination_completes_the_first_hypothesis_that_passes_only():
+    # views: pitch 2 → view 0 (cutoff 10: fails), pitch 3 → view 1 (cutoff 2.5: passes), pitch 8 → view 0 (fails)
+    state, fitter = search(hypotheses(2, 3, 8, 5), [10.0, 2.5])
+    (first_windows, first_pitches), (rest_windows, completed) = fitter.calls
+    assert first_windows == (11, 0, 0) and first_pitches.tolist() == [2, 3, 8, 5]
+    assert rest_windows == (0, 9, 7) and completed.tolist() == [3]      # 5 passes too, but comes later
+    assert state.params_global[0].tolist()[:2] == [3, 3] and bool(state.success[0])   # 1 + 2 scales fitted
+
+
+def test_without_a_pass_the_three_most_likely_are_completed_and_the_best_kept():
+    state, fitter = search(hypotheses(4, 99, 7, 1, 6, 2), [100.0, 100.0])
+    _, (rest_windows, completed) = fitter.calls
+    assert rest_windows == (0, 9, 7) and sorted(completed.tolist()) == [4, 6, 7]   # the failed 99 never
+    assert state.params_global[0, 1] == 7 and bool(state.success[0])
+
+
+def test_faces_are_searched_independently():
+    g = torch.cat([hypotheses(2, 3, 8), hypotheses(4, 6, 1)])
+    state, _ = search(g, [100.0, 2.5])          # face 0: 3 passes; face 1: none does, 6 is the most likely
+    assert state.params_global[:, 1].tolist() == [3, 6]
+    assert state.success.tolist() == [True, True]
