@@ -156,10 +156,10 @@ def iteration(pdm: PointDistributionModel, frame: ResponseFrame, state: _Iterate
     solved = info.logical_not() & (step.sum((1, 2)).abs() < constant(torch.inf, step))     # and finite
     taken = running & solved
     failed = failed | (running & ~solved)
-    running = taken[:, None]
-    step = torch.where(running, step.squeeze(-1), constant(0.0, step))
+    keep = taken[:, None]
+    step = torch.where(keep, step.squeeze(-1), constant(0.0, step))
     params_global, new_local = pdm.add_step(params_global, params_local, step)
-    params_local = torch.where(running, torch.maximum(torch.minimum(new_local, system.high), system.low), params_local)
+    params_local = torch.where(keep, torch.maximum(torch.minimum(new_local, system.high), system.low), params_local)
     rotation = pdm.rotate(rotation, step)
     moved = moved | taken
     new_shape, jacobian = pdm.project_with_jacobian(params_global, params_local, rigid, rotation)
