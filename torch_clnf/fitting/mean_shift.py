@@ -37,8 +37,10 @@ def mean_shift_at(maps: torch.Tensor, position: torch.Tensor, sigma: float, step
     step_size = constant(step, position)
     kernels = _axis_kernel(torch.floor(position / step_size + constant(0.5, position)) * step_size, size, a)   # (B, n, 2, w)
     # the separable KDE as two small matmuls: [Σ, Σ·col; Σ·row, ·] = [ky; ky·k] · map · [kx; kx·k]ᵀ
-    x_kernels, y_kernels = (kernels.unsqueeze(-2) * _ones_and_steps(size, maps)).unbind(2)   # (B, n, 2, w) each
-    sums = (y_kernels @ (maps @ x_kernels.mT)).flatten(-2)                            # (B, n, 4): Σ, Σ·col, Σ·row, ·
+    # (stacked rather than broadcast, and with the map transposed: no copies of strided operands)
+    k = _ones_and_steps(size, maps)[1]
+    x_kernels, y_kernels = torch.stack([kernels, kernels * k], -2).unbind(2)         # (B, n, 2, w) each
+    sums = (y_kernels @ (x_kernels @ maps.mT).mT).flatten(-2)                        # (B, n, 4): Σ, Σ·col, Σ·row, ·
     total = sums[..., :1]
     zero = constant(0.0, total)
     return torch.where(total > zero, sums[..., 1:3] / total - position, zero)

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models.linalg import atan2
+from ..models.sync import static_graph
 
 
 def align_similarity(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -79,11 +80,14 @@ def sample_areas(padded: torch.Tensor, image_index: torch.Tensor, landmarks: tor
     x0 = pixel[:, :, 0].clamp_(-MARGIN, width)
     y0 = pixel[:, :, 1].clamp_(-MARGIN, height)
     origin_index = (image_index * padded[0].numel() + MARGIN * stride + MARGIN).to(fixed)
-    top_left = y0.mul_(stride).add_(x0).add_(origin_index[:, None, None, None])
-    corners = torch.tensor([0, 1, stride, stride + 1], dtype=fixed, device=top_left.device).view(4, 1, 1, 1, 1)
-    # one gather of the four taps, tap-major (5x faster index sums than a trailing axis of 4;
-    # exported, flat[index] would copy all images first)
-    taps = padded.reshape(-1).index_select(0, (corners + top_left).view(-1)).view(4, *top_left.shape)
+    top_left = (y0 * stride).add_(x0).add_(origin_index[:, None, None, None])       # (B, n, size, size), contiguous
+    flat = padded.reshape(-1)
+    if static_graph():       # one gather of the four taps, tap-major (flat[index] would copy all images first)
+        corners = torch.tensor([0, 1, stride, stride + 1], dtype=fixed, device=top_left.device).view(4, 1, 1, 1, 1)
+        taps = flat.index_select(0, (corners + top_left).view(-1)).view(4, *top_left.shape)
+    else:                    # each tap gathered from the images seen from its offset: no index arrays to add
+        index = top_left.view(-1)
+        taps = [flat[offset:].index_select(0, index).view(top_left.shape) for offset in (0, 1, stride, stride + 1)]
     fx, fy = fraction[:, :, 0], fraction[:, :, 1]
     top = torch.lerp(taps[0], taps[1], fx)
     bottom = torch.lerp(taps[2], taps[3], fx)
