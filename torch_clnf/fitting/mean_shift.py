@@ -8,7 +8,7 @@ from ..models.constants import constant
 
 def _axis_kernel(positions: torch.Tensor, size: int, a: float) -> torch.Tensor:
     """(..., ) positions → (..., size) ``exp(a (position − k)²)`` for k = 0 … size − 1."""
-    k = _ones_and_steps(size, positions)[1]
+    k = _steps(size, positions)
     return torch.exp(constant(a, positions) * (positions.unsqueeze(-1) - k).square())
 
 
@@ -38,24 +38,12 @@ def mean_shift_at(maps: torch.Tensor, position: torch.Tensor, sigma: float, step
     kernels = _axis_kernel(torch.floor(position / step_size + constant(0.5, position)) * step_size, size, a)   # (B, n, 2, w)
     # the separable KDE as two small matmuls: [Σ, Σ·col; Σ·row, ·] = [ky; ky·k] · map · [kx; kx·k]ᵀ
     # (stacked rather than broadcast, and with the map transposed: no copies of strided operands)
-    k = _ones_and_steps(size, maps)[1]
+    k = _steps(size, maps)
     x_kernels, y_kernels = torch.stack([kernels, kernels * k], -2).unbind(2)         # (B, n, 2, w) each
     sums = (y_kernels @ (x_kernels @ maps.mT).mT).flatten(-2)                        # (B, n, 4): Σ, Σ·col, Σ·row, ·
     total = sums[..., :1]
     zero = constant(0.0, total)
     return torch.where(total > zero, sums[..., 1:3] / total - position, zero)
-
-
-_rows: dict[tuple, torch.Tensor] = {}
-
-
-def _ones_and_steps(size: int, like: torch.Tensor) -> torch.Tensor:
-    """(2, size) rows ``1`` and ``k`` = 0 … size − 1 on ``like``'s device and dtype, made once."""
-    key = (size, like.device, like.dtype)
-    if key not in _rows:
-        k = torch.arange(size, dtype=like.dtype, device=like.device)
-        _rows[key] = torch.stack([torch.ones_like(k), k])
-    return _rows[key]
 
 
 def log_likelihood(maps: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, visible: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -71,3 +59,14 @@ def log_likelihood(maps: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, visib
     kde = _axis_kernel(dy, size, a)[..., :, None] * _axis_kernel(dx, size, a)[..., None, :]
     per_landmark = torch.log((maps * kde).sum((-2, -1)) + 1e-8) * visible
     return per_landmark.sum(1) / visible.sum(1).clamp(min=1)
+
+
+_grids: dict[tuple, torch.Tensor] = {}
+
+
+def _steps(size: int, like: torch.Tensor) -> torch.Tensor:
+    """(size,) 0 … size − 1 on ``like``'s device and in its dtype, made once."""
+    key = (size, like.device, like.dtype)
+    if key not in _grids:
+        _grids[key] = torch.arange(size, dtype=like.dtype, device=like.device)
+    return _grids[key]
