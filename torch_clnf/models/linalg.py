@@ -14,7 +14,7 @@ def solve(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     Inside :func:`~torch_clnf.models.sync.fixed_iterations`: for the symmetric positive definite
     systems the fitter solves, Gauss-Jordan elimination without pivoting (``k`` unrolled steps of
     elementary ops) on the system scaled to a unit diagonal, ``D a D (x / D) = D b`` with
-    ``D = diag(a)^-½`` (as accurate as LAPACK's LU in float32; unscaled, the mixed units of
+    ``D = diag(a)^-½`` (as accurate as LAPACK in float32; unscaled, the mixed units of
     scale, rotation, translation and shape params cost up to 1 % of the step); a singular system
     then gives a non-finite ``x`` and ``info`` is 0.
 
