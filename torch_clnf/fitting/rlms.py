@@ -7,10 +7,9 @@ from typing import NamedTuple
 import torch
 
 from ..models import PointDistributionModel
-from ..models.pdm import diagonal
+from ..models.pdm import diagonal, regularised_step
 from ..models.compiling import compiled_function
 from ..models.constants import constant
-from ..models.linalg import solve
 from ..models.rotation import euler_to_matrix, matrix_to_euler
 from ..models.sync import syncs_cheaply
 from .mean_shift import log_likelihood, mean_shift_at
@@ -146,18 +145,12 @@ def iteration(pdm: PointDistributionModel, frame: ResponseFrame, state: _Iterate
     position = torch.bmm(shape - frame.base_shape, system.image_to_reference) + centre     # (B, n, 2) map pixels
     last = torch.where(running[:, None, None], position, last)
     shift = torch.bmm(mean_shift_at(frame.maps, position, sigma, kde_step), system.reference_to_image)   # pixels
-    jacobian = jacobian.flatten(1, 2)                                            # (B, 2n, k)
-    weighted = jacobian * system.weights                                         # W J; W is 0 where not visible
-    gradient = torch.bmm(shift.flatten(1).unsqueeze(1), weighted)               # (B, 1, k): a row, faster than J^T W s
-    if not rigid:
-        gradient[..., 6:].add_(system.prior_local * params_local.unsqueeze(1))
-    hessian = torch.baddbmm(system.regulariser, weighted.mT, jacobian)
-    step, info = solve(hessian, gradient.mT)
-    solved = info.logical_not() & (step.sum((1, 2)).abs() < constant(torch.inf, step))     # and finite
+    step, solved = regularised_step(jacobian, system.weights, shift, system.regulariser,   # W is 0 where not visible
+                                    None if rigid else system.prior_local, params_local)
     taken = running & solved
     failed = failed | (running & ~solved)
     keep = taken[:, None]
-    step = torch.where(keep, step.squeeze(-1), constant(0.0, step))
+    step = torch.where(keep, step, constant(0.0, step))
     params_global, new_local = pdm.add_step(params_global, params_local, step)
     params_local = torch.where(keep, torch.maximum(torch.minimum(new_local, system.high), system.low), params_local)
     rotation = pdm.rotate(rotation, step)

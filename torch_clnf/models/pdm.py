@@ -253,6 +253,30 @@ def diagonal(values: torch.Tensor) -> torch.Tensor:
 CHECK_EVERY = 8      # CalcParams steps between reads of the stop flags (GPUs, compiled graphs)
 
 
+def regularised_step(jacobian: torch.Tensor, weights: torch.Tensor, residual: torch.Tensor, regulariser: torch.Tensor,
+                     prior_local: torch.Tensor | None = None,
+                     params_local: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One regularised Gauss-Newton step of the PDM params, as NU-RLMS and CalcParams take it:
+    ``(JᵀWJ + Λ)⁻¹ (JᵀW r − Λ p)``, Λ the prior (0 on the global params).
+
+    Args:
+        jacobian: (B, n, 2, k); weights: (B, 2n, 1) per coordinate; residual: (B, n, 2) pixels.
+        regulariser: Λ, (k, k) or (B, k, k).
+        prior_local, params_local: −Λ of the local params, (1, m) or (B, 1, m), and the (B, m)
+            local params; None for a rigid step (no prior term).
+    Returns:
+        step: (B, k); solved: (B,) bool, where the system was positive definite and the step finite.
+    """
+    flat = jacobian.flatten(1, 2)                                                 # (B, 2n, k)
+    weighted = flat * weights                                                     # W J
+    gradient = torch.bmm(residual.flatten(1).unsqueeze(1), weighted)              # (B, 1, k): a row, faster than JᵀW r
+    if prior_local is not None:
+        gradient[..., 6:].add_(prior_local * params_local.unsqueeze(1))
+    step, info = solve(torch.baddbmm(regulariser, weighted.mT, flat), gradient.mT)
+    solved = info.logical_not() & (step.sum((1, 2)).abs() < constant(torch.inf, step))         # and finite
+    return step.squeeze(-1), solved
+
+
 def _calc_params_steps(pdm: PointDistributionModel, landmarks: torch.Tensor, weight: torch.Tensor, weight2: torch.Tensor,
                        prior_local: torch.Tensor, regulariser: torch.Tensor, state: tuple[torch.Tensor, ...],
                        steps: int) -> tuple[torch.Tensor, ...]:
@@ -265,17 +289,10 @@ def _calc_params_steps(pdm: PointDistributionModel, landmarks: torch.Tensor, wei
     three, zero = constant(3, stalls), constant(0.0, params)
     for _ in range(steps):
         active = stalls < three
-        residual = (landmarks - projected).flatten(1).unsqueeze(1)                  # (B, 1, 2n)
-        flat = jacobian.flatten(1, 2)                                             # (B, 2n, k)
-        weighted = flat * weight2                                                 # weights are 0 or 1
-        gradient = torch.bmm(residual, weighted)                                  # (B, 1, k)
-        gradient[..., 6:].add_(prior_local * local.unsqueeze(1))
-        hessian = torch.baddbmm(regulariser, weighted.mT, flat)
-        step, info = solve(hessian, gradient.mT)
-        solved = info.logical_not() & (step.sum((1, 2)).abs() < constant(torch.inf, step))     # and finite
+        step, solved = regularised_step(jacobian, weight2, landmarks - projected, regulariser, prior_local, local)
         stalls = torch.where(active & ~solved, three, stalls)                     # degenerate landmarks: stop there
         active = active & solved
-        step = torch.where(active[:, None], constant(0.75, step) * step.squeeze(-1), zero)
+        step = torch.where(active[:, None], constant(0.75, step) * step, zero)
         rotation = pdm.rotate(rotation, step)
         params, local = pdm.add_step(params, local, step)
         projected, jacobian = pdm.project_with_jacobian(params, local, rotation=rotation)
