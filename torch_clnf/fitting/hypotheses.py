@@ -43,7 +43,7 @@ def fit_hypotheses(fitter: ModelFitter, padded: torch.Tensor, image_index: torch
         weights, biases, cutoffs = (t.to(flat.device, flat.dtype)[view] for t in
                                     (early_termination.weights, early_termination.biases, early_termination.cutoffs))
         calibrated = first.likelihood * weights + biases
-        calibrated = torch.where(first.success, calibrated, torch.full_like(calibrated, -torch.inf)).view(count, h)
+        calibrated = torch.where(first.success, calibrated, -torch.inf).view(count, h)
         passes = calibrated > cutoffs.view(count, h)
         any_passes = passes.any(1)
         first_passing = passes.to(torch.int8).argmax(1)                             # the first True
@@ -67,8 +67,7 @@ def _most_likely(state: FitState, success: torch.Tensor) -> FitState:
     """Per face the successful fit of highest likelihood (the first of equals; the first fit
     where none succeeded) among its (B, k) fits, ``state`` holding B·k."""
     count, k = success.shape
-    likelihood = torch.where(success, state.likelihood.view(count, k), torch.full_like(success, -torch.inf,
-                                                                                        dtype=state.likelihood.dtype))
+    likelihood = torch.where(success, state.likelihood.view(count, k), -torch.inf)
     rows = likelihood.argmax(1) + torch.arange(count, device=success.device) * k
     return FitState(state.params_global[rows], state.params_local[rows], state.landmarks[rows],
                     state.likelihood[rows], state.success[rows], state.view[rows])
