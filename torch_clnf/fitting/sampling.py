@@ -63,24 +63,25 @@ def sample_areas(padded: torch.Tensor, image_index: torch.Tensor, landmarks: tor
     """
     centre = (size - 1) / 2
     steps = torch.arange(size, dtype=landmarks.dtype, device=landmarks.device)
-    across = reference_to_image[:, None, :, 0, None, None]                      # (B, 1, 2, 1, 1) per area column
-    down = reference_to_image[:, None, :, 1, None, None]                        # per area row (rank ≤ 5: Core ML)
-    origin = landmarks[..., None, None] - centre * (across + down)               # (B, n, 2, 1, 1)
     # int32 halves the memory traffic of the full-size integer steps; beyond ±2^20 pixels (a
     # diverged fit) positions saturate, and every tap is clamped into the image anyway
     fixed = torch.int32 if padded.numel() < 2 ** 31 - 1 else torch.long
     limit = float(2 ** 30)
-    row_part = torch.round((origin + down * steps[:, None]) * 1024).clamp_(-limit, limit).to(fixed)   # (B, n, 2, size, 1)
-    column_part = (torch.round(across * steps * 1024) + 16).clamp_(-limit, limit).to(fixed)             # (B, 1, 2, 1, size)
-    position = (row_part + column_part) >> 5                # 1/32 px, (B, n, 2, size, size)
-    fraction = (position & 31).to(landmarks.dtype).mul_(1 / 32)
     height, width = padded.shape[1] - 2 * MARGIN, padded.shape[2] - 2 * MARGIN
     stride = padded.shape[2]
-    pixel = position >> 5
-    x0 = pixel[:, :, 0].clamp_(-MARGIN, width)
-    y0 = pixel[:, :, 1].clamp_(-MARGIN, height)
+    pixels, fractions = [], []
+    for axis, bound in ((0, width), (1, height)):     # x, then y: each full-size tensor contiguous
+        across = reference_to_image[:, axis, 0, None, None, None]                    # (B, 1, 1, 1) per area column
+        down = reference_to_image[:, axis, 1, None, None, None]                      # per area row
+        origin = landmarks[..., axis, None, None] - centre * (across + down)          # (B, n, 1, 1)
+        row_part = torch.round((origin + down * steps[:, None]) * 1024).clamp_(-limit, limit).to(fixed)   # (B, n, size, 1)
+        column_part = (torch.round(across * steps * 1024) + 16).clamp_(-limit, limit).to(fixed)             # (B, 1, 1, size)
+        position = (row_part + column_part) >> 5                # 1/32 px, (B, n, size, size)
+        fractions.append((position & 31).to(landmarks.dtype).mul_(1 / 32))
+        pixels.append((position >> 5).clamp_(-MARGIN, bound))
+    x0, y0 = pixels
     origin_index = (image_index * padded[0].numel() + MARGIN * stride + MARGIN).to(fixed)
-    top_left = (y0 * stride).add_(x0).add_(origin_index[:, None, None, None])       # (B, n, size, size), contiguous
+    top_left = (y0 * stride).add_(x0).add_(origin_index[:, None, None, None])       # (B, n, size, size)
     flat = padded.reshape(-1)
     if static_graph():       # one gather of the four taps, tap-major (flat[index] would copy all images first)
         corners = torch.tensor([0, 1, stride, stride + 1], dtype=fixed, device=top_left.device).view(4, 1, 1, 1, 1)
@@ -88,7 +89,7 @@ def sample_areas(padded: torch.Tensor, image_index: torch.Tensor, landmarks: tor
     else:                    # each tap gathered from the images seen from its offset: no index arrays to add
         index = top_left.view(-1)
         taps = [flat[offset:].index_select(0, index).view(top_left.shape) for offset in (0, 1, stride, stride + 1)]
-    fx, fy = fraction[:, :, 0], fraction[:, :, 1]
+    fx, fy = fractions
     top = torch.lerp(taps[0], taps[1], fx)
     bottom = torch.lerp(taps[2], taps[3], fx)
     return torch.lerp(top, bottom, fy)
