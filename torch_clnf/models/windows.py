@@ -163,13 +163,16 @@ def per_view(view: torch.Tensor, areas: torch.Tensor, out_shape: tuple[int, ...]
     faces are grouped by sorting on their view, with one read of the per-view counts. Inside
     :func:`~torch_clnf.models.sync.fixed_iterations` (no host reads) it is one call of
     ``compute_per_face(areas, view)`` instead, which selects each face's view inside the graph.
+
+    The result is contiguous: NU-RLMS reads the maps every iteration, and a permuted layout
+    (an einsum's) would be copied each time (half the time of an iteration of 64 faces).
     """
     if static_graph():
-        return compute_per_face(areas, view)
+        return compute_per_face(areas, view).contiguous()
     counts = torch.bincount(view, minlength=1).tolist()
     present = [v for v, c in enumerate(counts) if c]
     if len(present) == 1:
-        return compute(areas, present[0])
+        return compute(areas, present[0]).contiguous()
     order = torch.argsort(view, stable=True)
     out = areas.new_empty(out_shape)
     start = 0
