@@ -92,10 +92,43 @@ def test_video_command_on_a_folder(models_dir, media_dir, tmp_path, capsys, monk
     assert len(table) == 88 and sum(r["success"] == "1" for r in table) >= 84
 
 
-def test_image_command_with_unreadable_file(tmp_path, capsys):
-    (tmp_path / "broken.jpg").write_bytes(b"not an image")
-    assert main(["image", str(tmp_path / "broken.jpg"), "--box", "1,2,3,4"]) == 2
-    assert "broken.jpg: not a readable image file" in capsys.readouterr().err
+def test_image_command_on_a_folder_with_an_unreadable_file(models_dir, media_dir, reference_dir, tmp_path, capsys,
+                                                           monkeypatch):
+    """Every image in the folder, two per batch; the broken one reported, the others fitted and written."""
+    import csv
+    import shutil
+
+    from reference import rows
+
+    monkeypatch.setenv("TORCH_CLNF_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("a.jpg", "c.jpg", "d.jpg"):
+        shutil.copy(media_dir / "sample1.jpg", folder / name)
+    (folder / "b.jpg").write_bytes(b"not an image")
+    record = rows(reference_dir / "openface_cpp/images_default.csv")[0]
+    box = ",".join(record[k] for k in ("box_x", "box_y", "box_w", "box_h"))
+    code = main(["image", str(folder), "--box", box, "--batch", "2", "--models", str(models_dir),
+                 "--csv", str(tmp_path / "out.csv"), "--draw", str(tmp_path / "drawn")])
+    assert code == 1                                              # one image could not be read
+    captured = capsys.readouterr()
+    assert "b.jpg: not a readable image file" in captured.err and "1 of 4 image(s) could not be read" in captured.err
+    assert all(f"{name}: ok" in captured.out for name in ("a.jpg", "c.jpg", "d.jpg"))
+    assert "3 face(s) fitted in 3 image(s)" in captured.out
+    with open(tmp_path / "out.csv") as f:
+        assert [row["file"][-5:] for row in csv.DictReader(f)] == ["a.jpg", "c.jpg", "d.jpg"]
+    assert sorted(p.name for p in (tmp_path / "drawn").iterdir()) == ["a_landmarks.png", "c_landmarks.png",
+                                                                      "d_landmarks.png"]
+
+
+def test_image_command_checks_its_input(tmp_path, capsys):
+    assert main(["image", str(tmp_path)]) == 2
+    assert "no image files in" in capsys.readouterr().err
+    (tmp_path / "a.jpg").write_bytes(b"")
+    assert main(["image", str(tmp_path), "--batch", "0"]) == 2
+    assert "--batch must be at least 1" in capsys.readouterr().err
+    assert main(["image", str(tmp_path), "--box", "1,2,3,4", "--box", "1,2,3,4"]) == 2
+    assert "2 boxes for 1 images" in capsys.readouterr().err
 
 
 def test_video_command_checks_its_numbers(media_dir, capsys):

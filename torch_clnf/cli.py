@@ -39,49 +39,60 @@ def _load(args: argparse.Namespace):
 def _image(args: argparse.Namespace) -> int:
     import torch
 
-    from .images import read_image
-    from .output import draw_landmarks, write_image_csv
+    from .output import ImageCSV, draw_landmarks
+    from .pipelines import fit_image_files, image_files
 
-    if args.box and len(args.box) not in (1, len(args.paths)):
-        print(f"torch-clnf: error: {len(args.box)} boxes for {len(args.paths)} images: give one box for all, "
+    files = image_files(args.paths)
+    if not files:
+        print(f"torch-clnf: error: no image files in {', '.join(map(str, args.paths))}", file=sys.stderr)
+        return 2
+    if args.batch < 1:
+        print("torch-clnf: error: --batch must be at least 1", file=sys.stderr)
+        return 2
+    if args.box and len(args.box) not in (1, len(files)):
+        print(f"torch-clnf: error: {len(args.box)} boxes for {len(files)} images: give one box for all, "
               "or one per image", file=sys.stderr)
         return 2
-    images, names = [], []
-    for path in args.paths:
-        try:
-            images.append(read_image(path))
-        except ValueError as err:
-            print(f"torch-clnf: error: {err}", file=sys.stderr)
-            return 2
-        names.append(str(path))
     model = _load(args)
+    boxes = None if not args.box else torch.tensor(args.box[0] if len(args.box) == 1 else args.box)
+    table = ImageCSV(args.csv, model.fitter.pdm.num_points, model.fitter.pdm.num_modes) if args.csv else None
+    faces_fitted = unreadable = 0
     start = time.perf_counter()
-    if args.box:
-        result = model.fit(images, torch.tensor(args.box * len(images) if len(args.box) == 1 else args.box))
-    else:
-        result = model.fit(images)                                  # every face the detector finds
+    try:
+        for fit in fit_image_files(model, files, boxes, batch=args.batch):
+            name = str(fit.path)
+            if fit.faces is None:
+                print(f"torch-clnf: error: {fit.error}", file=sys.stderr)
+                unreadable += 1
+                continue
+            if not len(fit.faces):
+                print(f"{name}: no face")
+            for k in range(len(fit.faces)):
+                g = fit.faces.params_global[k]
+                status = "ok" if bool(fit.faces.success[k]) else "FAILED"
+                label = name if len(fit.faces) == 1 else f"{name} face {k}"
+                print(f"{label}: {status}, confidence {fit.faces.confidence[k]:.3f}, scale {g[0]:.3f}, "
+                      f"rotation ({g[1]:+.3f}, {g[2]:+.3f}, {g[3]:+.3f}) rad")
+            faces_fitted += len(fit.faces)
+            if table is not None:
+                table.write(name, fit.faces)
+            if args.draw:
+                target = args.draw if len(files) == 1 else args.draw / f"{fit.path.stem}_landmarks.png"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                cv2.imwrite(str(target), draw_landmarks(fit.image, fit.faces, 0))
+                print(f"drawing written to {target}")
+    finally:
+        if table is not None:
+            table.close()
     elapsed = time.perf_counter() - start
-    for number, name in enumerate(names):
-        faces = (result.image_index == number).nonzero().flatten().tolist()
-        if not faces:
-            print(f"{name}: no face")
-        for face, k in enumerate(faces):
-            g = result.params_global[k]
-            status = "ok" if bool(result.success[k]) else "FAILED"
-            label = f"{name}" if len(faces) == 1 else f"{name} face {face}"
-            print(f"{label}: {status}, confidence {result.confidence[k]:.3f}, scale {g[0]:.3f}, "
-                  f"rotation ({g[1]:+.3f}, {g[2]:+.3f}, {g[3]:+.3f}) rad")
     what = "fitted" if args.box else "detected and fitted"
-    print(f"{len(result)} face(s) {what} in {elapsed * 1000:.0f} ms")
-    if args.csv:
-        write_image_csv(args.csv, result, names)
+    read = len(files) - unreadable
+    print(f"{faces_fitted} face(s) {what} in {read} image(s) in {elapsed:.2f} s ({read / elapsed:.1f} images/s)")
+    if table is not None:
         print(f"landmarks written to {args.csv}")
-    if args.draw:
-        for k, (name, image) in enumerate(zip(names, images)):
-            target = args.draw if len(names) == 1 else args.draw / f"{Path(name).stem}_landmarks.png"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            cv2.imwrite(str(target), draw_landmarks(image, result, k))
-            print(f"drawing written to {target}")
+    if unreadable:
+        print(f"torch-clnf: {unreadable} of {len(files)} image(s) could not be read", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -186,12 +197,15 @@ def build_parser() -> argparse.ArgumentParser:
     down.set_defaults(run=_download)
 
     image = commands.add_parser("image", help="fit 68 landmarks to faces in images")
-    image.add_argument("paths", nargs="+", type=Path, help="image files")
+    image.add_argument("paths", nargs="+", type=Path, help="image files, or folders of them (every image file in "
+                       "a folder, in name order)")
     image.add_argument("--box", type=_box, action="append", help="face box x,y,width,height in pixels: once for all "
                        "images, or once per image in order (default: every face the MTCNN detector finds)")
     image.add_argument("--csv", type=Path, help="write OpenFace-style columns to this CSV file")
     image.add_argument("--draw", type=Path, help="write the image with its landmarks and head-pose axes here "
                        "(a folder for several images)")
+    image.add_argument("--batch", type=int, default=16, help="images read and fitted together (default 16; more is "
+                       "faster per face and takes more memory)")
     _model_options(image)
     image.set_defaults(run=_image)
 

@@ -27,24 +27,45 @@ def openface_values(result: FitResult) -> np.ndarray:
     r = result
     parts = [r.confidence[:, None], r.success[:, None], r.pose, r.landmarks[..., 0], r.landmarks[..., 1],
              r.landmarks_3d[..., 0], r.landmarks_3d[..., 1], r.landmarks_3d[..., 2], r.params_global, r.params_local]
-    return torch.cat([p.detach().cpu().double().reshape(len(r), -1) for p in parts], 1).numpy()
+    return torch.cat([p.detach().cpu().double() for p in parts], 1).numpy()               # each (B, k)
 
 
 def write_image_csv(path: str | Path, result: FitResult, names: Sequence[str]) -> None:
     """One row per face: ``file, face_id`` (the face's number within its image), then OpenFace's columns."""
-    columns = openface_columns(result.landmarks.shape[1], result.params_local.shape[1])
-    values = openface_values(result)
-    counts: dict[int, int] = {}
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as stream:
-        writer = csv.writer(stream)
-        writer.writerow(["file", "face_id"] + columns)
-        for k, image in enumerate(result.image_index.tolist()):
-            face_id = counts.get(image, 0)
-            counts[image] = face_id + 1
-            row = [f"{v:.6g}" for v in values[k]]
-            row[1] = str(int(values[k][1]))
-            writer.writerow([names[image], face_id] + row)
+    table = ImageCSV(path, result.landmarks.shape[1], result.params_local.shape[1])
+    try:
+        for number, name in enumerate(names):
+            table.write(name, result[(result.image_index == number).nonzero().flatten()])
+    finally:
+        table.close()
+
+
+class ImageCSV:
+    """Image files' faces as CSV rows, written as each image's faces arrive (flushed per image).
+
+    Columns: ``file``, ``face_id`` (the face's number within its image), then
+    :func:`openface_columns`. An image without a face has no row.
+    """
+
+    def __init__(self, path: str | Path, num_points: int = 68, num_modes: int = 34) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._stream = open(self.path, "w", newline="")
+        self._writer = csv.writer(self._stream)
+        self._writer.writerow(["file", "face_id"] + openface_columns(num_points, num_modes))
+        self.rows = 0
+
+    def write(self, name: str, faces: FitResult) -> None:
+        """One row per face of one image (``faces`` all of that image, in order)."""
+        for face_id, values in enumerate(openface_values(faces)):
+            row = [f"{v:.6g}" for v in values]
+            row[1] = str(int(values[1]))
+            self._writer.writerow([name, face_id] + row)
+        self._stream.flush()
+        self.rows += len(faces)
+
+    def close(self) -> None:
+        self._stream.close()
 
 
 class VideoCSV:

@@ -1,0 +1,58 @@
+"""fit_image_files: image files a batch at a time, in order, unreadable files reported and skipped."""
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import torch_clnf
+from reference import boxes, landmarks, rows
+from torch_clnf.pipelines import fit_image_files, image_files
+
+
+@pytest.fixture(scope="module")
+def model(models_dir, tmp_path_factory):
+    return torch_clnf.load_model("main_clnf_general.txt", models=models_dir, cache=tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture
+def folder(media_dir, tmp_path):
+    """sample1–3 as a_, c_, d_, a broken b_.jpg between them, and a text file that is no image."""
+    for name, sample in (("a_sample1.jpg", "sample1.jpg"), ("c_sample2.jpg", "sample2.jpg"),
+                         ("d_sample3.jpg", "sample3.jpg")):
+        shutil.copy(media_dir / sample, tmp_path / name)
+    (tmp_path / "b_broken.jpg").write_bytes(b"not an image")
+    (tmp_path / "notes.txt").write_text("not an image either")
+    return tmp_path
+
+
+def test_image_files_of_a_folder_in_name_order(folder, media_dir):
+    names = [p.name for p in image_files([folder, media_dir / "sample4.jpg"])]
+    assert names == ["a_sample1.jpg", "b_broken.jpg", "c_sample2.jpg", "d_sample3.jpg", "sample4.jpg"]
+
+
+def test_batches_in_order_with_an_unreadable_file(model, folder, reference_dir):
+    records = rows(reference_dir / "openface_cpp/images_default.csv")[:3]
+    files = image_files([folder])
+    per_file = torch.cat([boxes(records[:1]), torch.zeros(1, 4), boxes(records[1:])])   # the broken file's box unused
+    fits = list(fit_image_files(model, files, per_file, batch=2))
+    assert [f.path.name for f in fits] == [p.name for p in files]
+    broken = fits[1]
+    assert broken.faces is None and broken.image is None and "b_broken.jpg: not a readable image file" in broken.error
+    cpp = landmarks(records).float()
+    for n, fit in enumerate(fits[k] for k in (0, 2, 3)):
+        assert fit.error is None and fit.image.ndim == 3 and fit.image.dtype == np.uint8
+        assert len(fit.faces) == 1 and fit.faces.image_index.tolist() == [0] and bool(fit.faces.success[0])
+        assert (fit.faces.landmarks[0] - cpp[n]).norm(dim=-1).median() < 0.5        # its own image's C++ landmarks
+
+
+def test_one_box_for_every_file_and_checked_shapes(model, media_dir, reference_dir):
+    record = rows(reference_dir / "openface_cpp/images_default.csv")[0]
+    files = [media_dir / "sample1.jpg"] * 3
+    fits = list(fit_image_files(model, files, boxes([record])[0], batch=2))
+    first = fits[0].faces.landmarks
+    assert len(fits) == 3 and all(np.allclose(f.faces.landmarks, first, atol=0.02) for f in fits)
+    with pytest.raises(ValueError, match=r"boxes: expected \(4,\) for every file or \(3, 4\)"):
+        next(fit_image_files(model, files, torch.zeros(2, 4)))
+    with pytest.raises(ValueError, match="batch: expected at least 1"):
+        next(fit_image_files(model, files, batch=0))

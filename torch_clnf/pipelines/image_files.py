@@ -1,0 +1,90 @@
+"""Image files through the fitter a batch at a time: a folder of thousands of photos without
+holding them all in memory, and an unreadable file reported without stopping the run."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from ..images import read_image
+from ..landmark_model import FitResult, LandmarkModel
+from .frames import IMAGE_SUFFIXES
+
+
+@dataclass
+class ImageFit:
+    """What one image file gave.
+
+    Attributes:
+        path: the file.
+        image: (H, W) grey or (H, W, 3) BGR uint8, as read; None when the file could not be read.
+        faces: its faces (``image_index`` 0, length 0 when no face was found); None when unreadable.
+        error: why the file could not be read; None when it was.
+    """
+
+    path: Path
+    image: np.ndarray | None
+    faces: FitResult | None
+    error: str | None = None
+
+
+def image_files(paths: Sequence[str | Path]) -> list[Path]:
+    """The images a command line names: files as given; a folder → the image files in it, in name order."""
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            files += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        else:
+            files.append(path)
+    return files
+
+
+def fit_image_files(model: LandmarkModel, paths: Sequence[str | Path], boxes: torch.Tensor | None = None,
+                    batch: int = 16, multi_view: bool = False) -> Iterator[ImageFit]:
+    """Fit the faces in image files, ``batch`` files per :meth:`~LandmarkModel.fit`, one
+    :class:`ImageFit` per file in order, as soon as its batch is done.
+
+    Only one batch of images is held at a time. A file that cannot be read gives an
+    :class:`ImageFit` with its ``error`` and the run goes on.
+
+    Args:
+        paths: image files (see :func:`image_files` for folders).
+        boxes: None (every face the detector finds), (4,) one ``x, y, width, height`` box for every
+            file, or (N, 4) one per file.
+        batch: files fitted together (more: faster per face, more memory).
+        multi_view: as :meth:`LandmarkModel.fit`.
+    """
+    if batch < 1:
+        raise ValueError(f"batch: expected at least 1 file per fit, found {batch}")
+    paths = [Path(p) for p in paths]
+    if boxes is not None:
+        boxes = torch.as_tensor(boxes, dtype=torch.float64)
+        if boxes.shape == (4,):
+            boxes = boxes.expand(len(paths), 4)
+        if boxes.shape != (len(paths), 4):
+            raise ValueError(f"boxes: expected (4,) for every file or ({len(paths)}, 4), one per file; "
+                             f"found shape {tuple(boxes.shape)}")
+    for start in range(0, len(paths), batch):
+        chunk = range(start, min(start + batch, len(paths)))
+        read: dict[int, np.ndarray] = {}
+        errors: dict[int, str] = {}
+        for k in chunk:
+            try:
+                read[k] = read_image(paths[k])
+            except ValueError as err:
+                errors[k] = str(err)
+        result = None
+        if read:
+            images = list(read.values())
+            result = model.fit(images, None if boxes is None else boxes[list(read)], multi_view=multi_view)
+        position = {k: n for n, k in enumerate(read)}
+        for k in chunk:
+            if k in errors:
+                yield ImageFit(paths[k], None, None, errors[k])
+                continue
+            faces = result[(result.image_index == position[k]).nonzero().flatten()]
+            faces.image_index = torch.zeros_like(faces.image_index)
+            yield ImageFit(paths[k], read[k], faces)
