@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 from ..openface import CCNFPatchExperts
-from .windows import (PatchResponse, check_inputs, correlation, normalise, normalised_correlation, per_view,
-                      response_window, window_statistics, zero_mean)
+from .windows import (PatchResponse, check_inputs, correlation, normalise, per_view, response_window,
+                      window_statistics, zero_mean)
 
 # OpenFace skips neurons whose alpha is this small.
 MIN_ALPHA = 1e-4
@@ -43,8 +43,8 @@ class CCNFExperts(nn.Module):
         self.patch_scale = data.patch_scale
         self.support = tuple(data.support)
         views, points, neurons = data.alpha.shape
-        scaled = data.weights * data.norm_weights[..., None, None]
-        self.register_buffer("weights", scaled.to(dtype))                          # (V, L, N, h, w)
+        scaled = data.weights.double() * data.norm_weights[..., None, None]
+        self.register_buffer("weights", zero_mean(scaled).to(dtype))              # (V, L, N, h, w), zero-mean filters
         self.register_buffer("bias", data.bias.to(dtype))                          # (V, L, N)
         used = torch.where(data.alpha > MIN_ALPHA, data.alpha, torch.zeros_like(data.alpha))
         self.register_buffer("alpha", used.to(dtype))                               # (V, L, N)
@@ -114,8 +114,8 @@ class CCNFExperts(nn.Module):
 
         def compute(faces: torch.Tensor, v: int) -> torch.Tensor:
             stats = window_statistics(faces, self.support)
-            z = normalised_correlation(stats, self.weights[v, chosen], self.bias[v, chosen],
-                                       channels_last=True)                        # (F, L, N, win, win)
+            z = normalise(stats, correlation(stats.centred, self.weights[v, chosen], channels_last=True),
+                          self.bias[v, chosen])                                   # (F, L, N, win, win)
             summed = torch.einsum("ln,flnp->flp", 2 * self.alpha[v, chosen], torch.sigmoid(z.flatten(-2)))
             maps = torch.einsum("lpq,flq->flp", self.sigma(win, v)[chosen], summed)
             maps = maps - maps.amin(-1, keepdim=True).clamp(max=0)
@@ -136,7 +136,7 @@ class CCNFExperts(nn.Module):
                 return (pick @ table).squeeze(2)
 
             stats = window_statistics(faces, self.support)
-            z = correlation(stats.centred, zero_mean(weights.flatten(1, 2)))          # (F, L, V·N, win, win)
+            z = correlation(stats.centred, weights.flatten(1, 2))                     # (F, L, V·N, win, win)
             z = picked(z.unflatten(2, (views_count, neurons)).flatten(3)).unflatten(-1, (neurons, win, win))
             z = normalise(stats, z, picked(by_landmark(self.bias)))                   # (F, L, N, win, win)
             summed = (2 * picked(by_landmark(self.alpha))[..., None] * torch.sigmoid(z.flatten(-2))).sum(-2)   # (F, L, P)

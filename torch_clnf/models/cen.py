@@ -6,7 +6,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..openface import CENPatchExperts
-from .windows import PatchResponse, check_inputs, normalised_correlation, per_view, response_window, window_statistics
+from .windows import (PatchResponse, check_inputs, correlation, normalise, per_view, response_window,
+                      window_statistics, zero_mean)
 
 SIGMOID, RELU = 0, 2
 
@@ -72,8 +73,8 @@ class CENExperts(nn.Module):
         self.activations = list(data.activations)
         h, w = self.support
         first = data.weights[0]                                     # (E, out, 1 + h·w), window column-major
-        window = first[:, :, 1:].reshape(first.shape[0], first.shape[1], w, h).transpose(-1, -2)
-        weights = [window.reshape(first.shape[0], first.shape[1], h * w)] + list(data.weights[1:])
+        window = first[:, :, 1:].double().reshape(first.shape[0], first.shape[1], w, h).transpose(-1, -2)
+        weights = [zero_mean(window).reshape(first.shape[0], first.shape[1], h * w)] + list(data.weights[1:])
         biases = [data.biases[0] + first[:, :, 0]] + list(data.biases[1:])  # the constant-1 input joins the bias
         for k, (weight, bias) in enumerate(zip(weights, biases)):
             self.register_buffer(f"weight_{k}", weight.to(dtype))                   # (E, out, in)
@@ -94,7 +95,9 @@ class CENExperts(nn.Module):
 
     @property
     def weights(self) -> list[torch.Tensor]:
-        """Per layer, (E, out, in) weights of the stacked experts; the window is read row-major."""
+        """Per layer, (E, out, in) weights of the stacked experts; the first layer's window is read
+        row-major, and its filters are zero-mean (they only ever see contrast-normalised windows,
+        see :mod:`.windows`)."""
         return [getattr(self, f"weight_{k}") for k in range(len(self.activations))]
 
     @property
@@ -148,10 +151,11 @@ class CENExperts(nn.Module):
         per_face = weight.dim() == 4
         weight = weight.unflatten(-1, (h, w))
         if sparse:   # positions with x + y odd: (y even, x odd) and (y odd, x even), each a stride-2 pass
-            passes = [normalised_correlation(stats, weight, bias, 2, offset) for offset in ((0, 1), (1, 0))]
+            passes = [normalise(stats, correlation(stats.centred, weight, 2, offset), bias, 2, offset)
+                      for offset in ((0, 1), (1, 0))]
             x = torch.cat([p.flatten(-2) for p in passes], -1)                      # (F, l, out, P_s)
         else:
-            x = normalised_correlation(stats, weight, bias).flatten(-2)              # (F, l, out, P)
+            x = normalise(stats, correlation(stats.centred, weight), bias).flatten(-2)   # (F, l, out, P)
         x = self._activate(x, 0)
         if not per_face:
             x = x.flatten(1, 2)                                                      # (F, l·out, P)
