@@ -10,6 +10,9 @@ from .windows import (PatchResponse, WindowStatistics, check_inputs, correlation
 
 SIGMOID, RELU = 0, 2
 
+# up to this many window positions (all faces') per landmark, layers multiply them as rows
+FEW_COLUMNS = 96
+
 
 def sparse_positions(win: int) -> tuple[torch.Tensor, torch.Tensor]:
     """OpenFace's sparse CEN evaluation on a win × win map.
@@ -155,21 +158,32 @@ class CENExperts(nn.Module):
         stats = window_statistics(faces, self.support)
         if layers[0][0].dim() == 4:
             return self._block_per_face(stats, layers, sparse)
-        # landmark-major: every evaluated window of every face a column (l, h·w, F·P), scaled by its
-        # inverse norm, so each layer is one batched matmul over the landmarks (2-2.5x grouped
-        # convolutions at 8-64 faces, and the normalisation is folded into the first one)
+        # landmark-major: every evaluated window of every face a column, scaled by its inverse norm,
+        # so each layer is one batched matmul over the landmarks (2-2.5x grouped convolutions at
+        # 8-64 faces, and the normalisation is folded into the first one). Few columns (one face)
+        # are laid out as rows instead: MKL is then up to 1.6x faster.
         count, points, height, width = faces.shape
         h, w = self.support
         win = height - h + 1
         evaluated = self._evaluated(win, sparse, faces.device)                                   # (P,)
+        columns = count * len(evaluated)
+        as_rows = columns <= FEW_COLUMNS
         taps = (torch.arange(h, device=faces.device)[:, None] * width + torch.arange(w, device=faces.device)).reshape(-1)
         at = (evaluated // win) * width + evaluated % win                                         # window corners
         index = taps[:, None, None] + torch.arange(count, device=faces.device)[:, None] * (height * width) + at
-        columns = stats.centred.transpose(0, 1).reshape(points, -1).index_select(1, index.reshape(-1))
-        scale = stats.inverse_norm.flatten(-2)[..., evaluated].transpose(0, 1).reshape(points, 1, -1)   # (l, 1, F·P)
-        x = columns.view(points, h * w, -1) * scale                                               # (l, h·w, F·P)
+        if as_rows:
+            index = index.permute(1, 2, 0)                                                        # (F, P, h·w)
+        windows = stats.centred.transpose(0, 1).reshape(points, -1).index_select(1, index.reshape(-1))
+        scale = stats.inverse_norm.flatten(-2)[..., evaluated].transpose(0, 1).reshape(points, columns)   # (l, F·P)
+        if as_rows:
+            x = windows.view(points, columns, h * w) * scale[..., None]                           # (l, F·P, h·w)
+        else:
+            x = windows.view(points, h * w, columns) * scale[:, None]                             # (l, h·w, F·P)
         for k, (weight, bias) in enumerate(layers):
-            x = self._activate(torch.baddbmm(bias[..., None], weight, x), k)                     # (l, out_k, F·P)
+            if as_rows:
+                x = self._activate(torch.baddbmm(bias[:, None], x, weight.mT), k)                 # (l, F·P, out_k)
+            else:
+                x = self._activate(torch.baddbmm(bias[..., None], weight, x), k)                  # (l, out_k, F·P)
         return x.reshape(points, count, len(evaluated)).transpose(0, 1)                           # (F, l, P): one output
 
     def _block_per_face(self, stats: WindowStatistics, layers: list[tuple[torch.Tensor, torch.Tensor]],
