@@ -47,7 +47,8 @@ class CENExperts(nn.Module):
     through the expert's layers (``act(W x + b)``, the first layer also seeing a constant 1),
     each layer one batched matmul over all landmarks, every face's window positions side by
     side. A landmark whose expert is empty in a view uses its mirror landmark's expert in the
-    mirror view on the horizontally flipped area, and its map is flipped back. Landmarks invisible in the view get a zero map and ``visible = False``.
+    mirror view on the horizontally flipped area, and its map is flipped back. Landmarks
+    invisible in the view get a zero map and ``visible = False``.
 
     Args:
         data: one scale's experts, from :func:`torch_clnf.openface.read_cen`.
