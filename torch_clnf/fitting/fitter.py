@@ -149,7 +149,8 @@ class ModelFitter(nn.Module):
             view = torch.where(active, view_now, view)
             for rigid in (True, False):
                 phase = nu_rlms(pdm, params_global, params_local, frame, rigid, sigma, reg, cfg.iterations,
-                                active, cfg.convergence, cfg.kde_step, cfg.shape_sigmas, cfg.compile)
+                                active, cfg.convergence, cfg.kde_step, cfg.shape_sigmas, cfg.compile,
+                                likelihood=not rigid)       # a scale's likelihood is its last phase's
                 params_global, params_local = phase.params_global, phase.params_local
                 success = success & ~phase.failed
                 active = active & ~phase.failed

@@ -39,14 +39,14 @@ class PhaseResult(NamedTuple):
 
     Attributes:
         params_global: (B, 6); params_local: (B, m).
-        likelihood: (B,) log-likelihood of the final positions.
+        likelihood: (B,) log-likelihood of the final positions; None where not asked for.
         failed: (B,) bool, faces whose Gauss-Newton system could not be solved (singular or
             non-finite); they keep the params they had.
     """
 
     params_global: torch.Tensor
     params_local: torch.Tensor
-    likelihood: torch.Tensor
+    likelihood: torch.Tensor | None
     failed: torch.Tensor
 
 
@@ -80,7 +80,7 @@ class _System(NamedTuple):
 def nu_rlms(pdm: PointDistributionModel, params_global: torch.Tensor, params_local: torch.Tensor,
             frame: ResponseFrame, rigid: bool, sigma: float, reg_factor: float, iterations: int,
             active: torch.Tensor, convergence: float = 0.01, kde_step: float = 0.1, shape_sigmas: float = 3.0,
-            compiled: bool = False) -> PhaseResult:
+            compiled: bool = False, likelihood: bool = True) -> PhaseResult:
     """One NU-RLMS phase (rigid only, or rigid + non-rigid) for a batch of faces.
 
     Each iteration: mean-shift of every landmark on its response map (KDE ``sigma``), mapped to
@@ -94,6 +94,8 @@ def nu_rlms(pdm: PointDistributionModel, params_global: torch.Tensor, params_loc
         active: (B,) bool, the faces to fit.
         compiled: run the phase as one ``torch.compile``-d graph of ``iterations`` masked
             iterations (:mod:`~torch_clnf.models.compiling`; same results up to float rounding).
+        likelihood: compute the final positions' likelihood (OpenFace keeps only the last
+            phase's of a scale; some 20 operations).
     """
     window = frame.maps.shape[-1]
     prior = pdm.prior(reg_factor, rigid)                                          # (k,) or (B, k)
@@ -118,8 +120,9 @@ def nu_rlms(pdm: PointDistributionModel, params_global: torch.Tensor, params_loc
         state = iteration(pdm, frame, state, system, rigid, sigma, convergence, kde_step, shape_sigmas)
     euler = torch.where(state.moved[:, None], matrix_to_euler(state.rotation), start_rotation)
     params_global = torch.cat([state.params_global[:, :1], euler, state.params_global[:, 4:]], 1)
-    likelihood = log_likelihood(frame.maps, state.last[..., 0], state.last[..., 1], frame.visible, sigma)
-    return PhaseResult(params_global, state.params_local, likelihood, state.failed)
+    fit_likelihood = log_likelihood(frame.maps, state.last[..., 0], state.last[..., 1], frame.visible, sigma) \
+        if likelihood else None
+    return PhaseResult(params_global, state.params_local, fit_likelihood, state.failed)
 
 
 def iterations_unrolled(pdm: PointDistributionModel, frame: ResponseFrame, state: _Iterate, system: _System,
