@@ -1,6 +1,7 @@
 """Landmark fitting speed: torch_clnf vs OpenFace C++'s fit times in the reference CSVs.
 
-    python bench/fit.py [--models DIR] [--device cpu|cuda|mps] [--batches 1 8 64] [--repeats 10] [--ceclm] [--compile]
+    python bench/fit.py [--models DIR] [--device cpu|cuda|mps] [--batches 1 8 64] [--repeats 10] [--threads 1 2]
+                        [--ceclm] [--compile]
 
 Fits from the recorded MTCNN boxes of ../shared/media/sample1–6.jpg (CLNF general model, part
 models on, as the C++ reference); batches repeat those six faces. Image decoding is excluded on
@@ -48,8 +49,9 @@ def cpp_median_ms(name: str, column: str = "fit_ms") -> float:
 
 
 def run(name: str, model: torch_clnf.LandmarkModel, batches: list[int], device: torch.device, repeats: int,
-        cpp_ms: float) -> None:
-    for batch in batches:
+        cpp_ms: float, threads: list[int]) -> None:
+    for batch, count in ((b, t) for b in batches for t in threads):
+        torch.set_num_threads(count)
         greys, boxes, index = faces(batch, device)
         if model.config.compile:          # compile (or load from the disk cache) this batch size's graphs first
             start = time.perf_counter()
@@ -59,8 +61,8 @@ def run(name: str, model: torch_clnf.LandmarkModel, batches: list[int], device: 
         seconds = median_ms(lambda: model.fit(greys, boxes, image_index=index), device,
                             repeats if batch < 64 else max(3, repeats // 3), warmup=1) / 1000
         per_face = seconds * 1000 / batch
-        print(f"{name:14} {device.type:5} {batch:5d} {seconds * 1000:10.1f} {per_face:9.2f} {batch / seconds:9.0f} "
-              f"{cpp_ms:8.1f} {1000 / cpp_ms:8.0f} {cpp_ms / per_face:8.2f}x", flush=True)
+        print(f"{name:14} {device.type:5} {count:7d} {batch:5d} {seconds * 1000:10.1f} {per_face:9.2f} "
+              f"{batch / seconds:9.0f} {cpp_ms:8.1f} {1000 / cpp_ms:8.0f} {cpp_ms / per_face:8.2f}x", flush=True)
 
 
 def main() -> None:
@@ -69,25 +71,29 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 64])
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--threads", type=int, nargs="+", help="torch threads, each batch timed with each "
+                        "(side by side in one run; default: torch's setting, e.g. from OMP_NUM_THREADS)")
     parser.add_argument("--ceclm", action="store_true", help="also time CE-CLM on full-size synthetic CEN files")
     parser.add_argument("--compile", action="store_true", help="also time CLNF with FitConfig(compile=True)")
     args = parser.parse_args()
     device = torch.device(args.device)
-    print(f"# {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+    threads = args.threads or [torch.get_num_threads()]
+    print(f"# {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
           f"float32, median of {args.repeats}; C++ = OpenFace 2.x on the same machine type (reference CSVs)")
-    print(f"{'model':14} {'dev':5} {'faces':>5} {'batch ms':>10} {'ms/face':>9} {'faces/s':>9} "
+    print(f"{'model':14} {'dev':5} {'threads':>7} {'faces':>5} {'batch ms':>10} {'ms/face':>9} {'faces/s':>9} "
           f"{'C++ ms':>8} {'C++ f/s':>8} {'speed-up':>9}")
     cpp_clnf = cpp_median_ms("images_default.csv")
     run("CLNF", torch_clnf.load_model("main_clnf_general.txt", args.models, device=device), args.batches, device,
-        args.repeats, cpp_clnf)
+        args.repeats, cpp_clnf, threads)
     if args.compile:
         model = torch_clnf.load_model("main_clnf_general.txt", args.models, device=device, config=FitConfig(compile=True))
-        run("CLNF compiled", model, args.batches, device, args.repeats, cpp_clnf)
+        run("CLNF compiled", model, args.batches, device, args.repeats, cpp_clnf, threads)
     if args.ceclm:
         with tempfile.TemporaryDirectory() as folder, tempfile.TemporaryDirectory() as cache:
             model = torch_clnf.load_model("main_ceclm_general.txt", ceclm_models(Path(folder), args.models),
                                           device=device, cache=cache)
-            run("CE-CLM (synth)", model, args.batches, device, args.repeats, 29.5)  # C++: 28-31 ms (reference README)
+            run("CE-CLM (synth)", model, args.batches, device, args.repeats, 29.5,   # C++: 28-31 ms (reference README)
+                threads)
 
 
 if __name__ == "__main__":

@@ -166,12 +166,13 @@ class CENExperts(nn.Module):
         count, points, height, width = faces.shape
         h, w = self.support
         win = height - h + 1
-        evaluated = self._evaluated(win, sparse, faces.device)                                   # (P,)
+        device = faces.device
+        evaluated = self._evaluated(win, sparse, device)                                          # (P,)
         columns = count * len(evaluated)
         as_rows = columns <= FEW_COLUMNS
-        taps = (torch.arange(h, device=faces.device)[:, None] * width + torch.arange(w, device=faces.device)).reshape(-1)
+        taps = (torch.arange(h, device=device)[:, None] * width + torch.arange(w, device=device)).reshape(-1)
         at = (evaluated // win) * width + evaluated % win                                         # window corners
-        index = taps[:, None, None] + torch.arange(count, device=faces.device)[:, None] * (height * width) + at
+        index = taps[:, None, None] + torch.arange(count, device=device)[:, None] * (height * width) + at
         if as_rows:
             index = index.permute(1, 2, 0)                                                        # (F, P, h·w)
         windows = stats.centred.transpose(0, 1).reshape(points, -1).index_select(1, index.reshape(-1))
@@ -185,7 +186,7 @@ class CENExperts(nn.Module):
                 x = self._activate(torch.baddbmm(bias[:, None], x, weight.mT), k)                 # (l, F·P, out_k)
             else:
                 x = self._activate(torch.baddbmm(bias[..., None], weight, x), k)                  # (l, out_k, F·P)
-        return x.reshape(points, count, len(evaluated)).transpose(0, 1)                           # (F, l, P): one output
+        return x.reshape(points, count, len(evaluated)).transpose(0, 1)             # (F, l, P): the one output
 
     def _block_per_face(self, stats: WindowStatistics, layers: list[tuple[torch.Tensor, torch.Tensor]],
                         sparse: bool) -> torch.Tensor:
