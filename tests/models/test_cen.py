@@ -115,6 +115,18 @@ def test_batch_equals_one_at_a_time_and_subsets(written):
     torch.testing.assert_close(experts(areas[:, subset], view, landmarks=subset).maps, batch.maps[:, subset])
 
 
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+def test_landmark_blocks_equal_one_block(written, sparse):
+    """CPU memory bound (tile_bytes): blocks of landmarks, down to one each, give the same maps."""
+    experts = CENExperts(read_cen(written.path), torch.float64, sparse=sparse)
+    areas = torch.rand(3, 68, 19, 19, dtype=torch.float64, generator=torch.Generator().manual_seed(3)) * 255
+    view = torch.tensor([0, 2, 0])
+    whole = experts(areas, view).maps
+    for tile in (1, 3 * 81 * 300 * 8 * 5):          # one landmark per block; blocks of 5
+        experts.tile_bytes = tile
+        torch.testing.assert_close(experts(areas, view).maps, whole, atol=1e-12, rtol=0)
+
+
 def test_sparse_interpolation_layout():
     computed, interpolation = sparse_positions(5)
     assert len(computed) == 12                          # (25 - 1) / 2, as OpenFace

@@ -72,7 +72,9 @@ class CENExperts(nn.Module):
         self.patch_scale = data.patch_scale
         self.support = tuple(data.support)
         self.sparse = sparse
-        self.tile_bytes = 8 << 20   # CPU: largest intermediate activation of one landmark block
+        # CPU: the largest intermediate activation of one block of landmarks (bigger blocks are bigger
+        # batched matmuls: 128 MB fitted 64 faces 5-14% faster than 8 MB, and bounds the memory)
+        self.tile_bytes = 128 << 20
         self.activations = list(data.activations)
         h, w = self.support
         if data.weights[-1].shape[1] != 1:
@@ -213,8 +215,8 @@ class CENExperts(nn.Module):
                 sparse: bool | None = None) -> PatchResponse:
         """Response maps for a batch of faces.
 
-        On the CPU, landmarks are processed in blocks whose intermediate activations fit in
-        cache (``tile_bytes``); on a GPU and in a static graph all at once.
+        On the CPU, landmarks are processed in blocks whose intermediate activations stay under
+        ``tile_bytes``; on a GPU and in a static graph all at once.
 
         Args:
             areas: (B, L, H, W) grey-level areas of interest, H = W = win + 10.
