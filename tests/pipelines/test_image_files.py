@@ -46,6 +46,29 @@ def test_batches_in_order_with_an_unreadable_file(model, folder, reference_dir):
         assert (fit.faces.landmarks[0] - cpp[n]).norm(dim=-1).median() < 0.5        # its own image's C++ landmarks
 
 
+def test_batches_close_at_the_pixel_budget(model, folder, reference_dir, monkeypatch):
+    """Three 640x400 images, the broken one between: a budget of two images' pixels fits two, then one."""
+    records = rows(reference_dir / "openface_cpp/images_default.csv")[:3]
+    per_file = torch.cat([boxes(records[:1]), torch.zeros(1, 4), boxes(records[1:])])
+    sizes = []
+    fit = model.fit
+
+    def counted(images, *args, **kwargs):
+        sizes.append(len(images))
+        return fit(images, *args, **kwargs)
+
+    monkeypatch.setattr(model, "fit", counted)
+    fits = list(fit_image_files(model, image_files([folder]), per_file, batch=16, max_pixels=2 * 640 * 400))
+    assert sizes == [2, 1]
+    assert [f.faces is None for f in fits] == [False, True, False, False]
+    cpp = landmarks(records).float()
+    for n, k in enumerate((0, 2, 3)):
+        assert (fits[k].faces.landmarks[0] - cpp[n]).norm(dim=-1).median() < 0.5
+    sizes.clear()
+    list(fit_image_files(model, image_files([folder]), per_file, batch=16, max_pixels=1))      # each image alone
+    assert sizes == [1, 1, 1]
+
+
 def test_one_box_for_every_file_and_checked_shapes(model, media_dir, reference_dir):
     record = rows(reference_dir / "openface_cpp/images_default.csv")[0]
     files = [media_dir / "sample1.jpg"] * 3

@@ -42,13 +42,20 @@ def image_files(paths: Sequence[str | Path]) -> list[Path]:
     return files
 
 
+# at most this many image pixels per batch (33.5 MP: sixteen 1080p frames; detection works on
+# float copies and pyramids of them, some 50 bytes a pixel at its peak)
+MAX_BATCH_PIXELS = 1 << 25
+
+
 def fit_image_files(model: LandmarkModel, paths: Sequence[str | Path], boxes: torch.Tensor | None = None,
-                    batch: int = 16, multi_view: bool = False) -> Iterator[ImageFit]:
-    """Fit the faces in image files, ``batch`` files per :meth:`~LandmarkModel.fit`, one
+                    batch: int = 16, multi_view: bool = False,
+                    max_pixels: int = MAX_BATCH_PIXELS) -> Iterator[ImageFit]:
+    """Fit the faces in image files, up to ``batch`` files per :meth:`~LandmarkModel.fit`, one
     :class:`ImageFit` per file in order, as soon as its batch is done.
 
-    Only one batch of images is held at a time. A file that cannot be read gives an
-    :class:`ImageFit` with its ``error`` and the run goes on.
+    Only one batch of images is held at a time, and a batch is closed early where its images
+    would exceed ``max_pixels`` (a larger image is fitted alone). A file that cannot be read
+    gives an :class:`ImageFit` with its ``error`` and the run goes on.
 
     Args:
         paths: image files (see :func:`image_files` for folders).
@@ -56,6 +63,7 @@ def fit_image_files(model: LandmarkModel, paths: Sequence[str | Path], boxes: to
             file, or (N, 4) one per file.
         batch: files fitted together (more: faster per face, more memory).
         multi_view: as :meth:`LandmarkModel.fit`.
+        max_pixels: the most image pixels (height × width) in one batch.
     """
     if batch < 1:
         raise ValueError(f"batch: expected at least 1 file per fit, found {batch}")
@@ -67,24 +75,36 @@ def fit_image_files(model: LandmarkModel, paths: Sequence[str | Path], boxes: to
         if boxes.shape != (len(paths), 4):
             raise ValueError(f"boxes: expected (4,) for every file or ({len(paths)}, 4), one per file; "
                              f"found shape {tuple(boxes.shape)}")
-    for start in range(0, len(paths), batch):
-        chunk = range(start, min(start + batch, len(paths)))
-        read: dict[int, np.ndarray] = {}
-        errors: dict[int, str] = {}
-        for k in chunk:
-            try:
-                read[k] = read_image(paths[k])
-            except ValueError as err:
-                errors[k] = str(err)
-        result = None
-        if read:
-            images = list(read.values())
-            result = model.fit(images, None if boxes is None else boxes[list(read)], multi_view=multi_view)
-        position = {k: n for n, k in enumerate(read)}
-        for k in chunk:
-            if k in errors:
-                yield ImageFit(paths[k], None, None, errors[k])
-                continue
-            faces = result[(result.image_index == position[k]).nonzero().flatten()]
-            faces.image_index = torch.zeros_like(faces.image_index)
-            yield ImageFit(paths[k], read[k], faces)
+    entries: list[tuple[int, np.ndarray | None, str | None]] = []      # (file, image or None, error)
+    images = pixels = 0
+    for k, path in enumerate(paths):
+        try:
+            image, error = read_image(path), None
+        except ValueError as err:
+            image, error = None, str(err)
+        size = 0 if image is None else image.shape[0] * image.shape[1]
+        if images and (images == batch or pixels + size > max_pixels):
+            yield from _fit_entries(model, paths, entries, boxes, multi_view)
+            entries, images, pixels = [], 0, 0
+        entries.append((k, image, error))
+        images, pixels = images + (image is not None), pixels + size
+    if entries:
+        yield from _fit_entries(model, paths, entries, boxes, multi_view)
+
+
+def _fit_entries(model: LandmarkModel, paths: list[Path], entries: list[tuple[int, np.ndarray | None, str | None]],
+                 boxes: torch.Tensor | None, multi_view: bool) -> Iterator[ImageFit]:
+    """One batch of :func:`fit_image_files`: its readable images in one fit, an ImageFit per entry."""
+    read = [(k, image) for k, image, _ in entries if image is not None]
+    result = None
+    if read:
+        result = model.fit([image for _, image in read], None if boxes is None else boxes[[k for k, _ in read]],
+                           multi_view=multi_view)
+    position = {k: n for n, (k, _) in enumerate(read)}
+    for k, image, error in entries:
+        if image is None:
+            yield ImageFit(paths[k], None, None, error)
+            continue
+        faces = result[(result.image_index == position[k]).nonzero().flatten()]
+        faces.image_index = torch.zeros_like(faces.image_index)
+        yield ImageFit(paths[k], image, faces)
