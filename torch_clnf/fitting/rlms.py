@@ -7,7 +7,7 @@ from typing import NamedTuple
 import torch
 
 from ..models import PointDistributionModel
-from ..models.pdm import diagonal, regularised_step
+from ..models.pdm import clamp_between, diagonal, regularised_step
 from ..models.compiling import compiled_function
 from ..models.constants import constant
 from ..models.rotation import euler_to_matrix, matrix_to_euler
@@ -155,7 +155,7 @@ def iteration(pdm: PointDistributionModel, frame: ResponseFrame, state: _Iterate
     keep = taken[:, None]
     step = torch.where(keep, step, constant(0.0, step))
     params_global, new_local = pdm.add_step(params_global, params_local, step)
-    params_local = torch.where(keep, torch.maximum(torch.minimum(new_local, system.high), system.low), params_local)
+    params_local = torch.where(keep, clamp_between(new_local, system.low, system.high), params_local)
     rotation = pdm.rotate(rotation, step)
     moved = moved | taken
     new_shape, jacobian = pdm.project_with_jacobian(params_global, params_local, rigid, rotation)

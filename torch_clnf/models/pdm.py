@@ -156,7 +156,7 @@ class PointDistributionModel(nn.Module):
     def clamp(self, params_local: torch.Tensor, n_sigmas: float = 3.0) -> torch.Tensor:
         """Local params limited to ± n_sigmas standard deviations of each mode."""
         limit = self.local_limit(n_sigmas)
-        return torch.maximum(torch.minimum(params_local, limit), -limit)      # Core ML: no clamp to tensors
+        return clamp_between(params_local, -limit, limit)
 
     def local_limit(self, n_sigmas: float = 3.0) -> torch.Tensor:
         """(m,) or (B, m): n_sigmas standard deviations of each mode, the bound :meth:`clamp` applies."""
@@ -243,6 +243,11 @@ class PointDistributionModel(nn.Module):
         params, local, rotation, _, _, _, _, moved = state
         euler = torch.where(moved[:, None], matrix_to_euler(rotation), start_rotation)
         return torch.cat([params[:, :1], euler, params[:, 4:]], 1), local
+
+
+def clamp_between(values: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """``values`` limited to [low, high] elementwise (``torch.clamp`` with tensor bounds, which Core ML lacks)."""
+    return torch.maximum(torch.minimum(values, high), low)
 
 
 def diagonal(values: torch.Tensor) -> torch.Tensor:
