@@ -2,7 +2,7 @@
 from .ccnf import CCNFExperts
 from .cen import CENExperts, sparse_positions
 from .pdm import PointDistributionModel
-from .windows import PatchResponse, normalised_correlation, window_statistics
+from .windows import PatchResponse, window_statistics
 
-__all__ = ["CCNFExperts", "CENExperts", "PatchResponse", "PointDistributionModel", "normalised_correlation",
-           "sparse_positions", "window_statistics"]
+__all__ = ["CCNFExperts", "CENExperts", "PatchResponse", "PointDistributionModel", "sparse_positions",
+           "window_statistics"]

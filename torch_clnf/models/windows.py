@@ -2,9 +2,11 @@
 
 Both kinds of expert apply weights ``W`` to contrast-normalised windows ``(x − m) / n`` (``m``
 the window's mean, ``n`` the L2 norm of ``x − m``, 0 → 1). By linearity ``W·(x − m) = W'·x``
-with ``W' = W − mean(W)``, the zero-mean filter, so the correlation runs as one grouped
-convolution over the raw areas (one group per landmark), the norms come from box filters, and
-neither the mean nor the 121-fold im2col copy of every area is ever subtracted or made.
+with ``W' = W − mean(W)``, the zero-mean filter, which the experts keep: no window mean is
+ever subtracted, and the norms come from box filters. CCNF's few filters per landmark then run
+as one grouped convolution over the raw areas (one group per landmark), with no 121-fold
+im2col copy of every area; CEN's hundreds of first-layer filters are worth gathering the
+windows for one batched matmul (see :mod:`.cen`).
 """
 from __future__ import annotations
 
@@ -71,28 +73,20 @@ def zero_mean(weight: torch.Tensor) -> torch.Tensor:
     return weight - weight.mean((-2, -1), keepdim=True)
 
 
-def normalised_correlation(stats: WindowStatistics, weight: torch.Tensor, bias: torch.Tensor,
-                           stride: int = 1, offset: tuple[int, int] = (0, 0), channels_last: bool = False) -> torch.Tensor:
-    """``W · (window − mean) / norm + b`` for K filters per area, at every window position.
+def correlation(centred: torch.Tensor, weight: torch.Tensor, stride: int = 1, offset: tuple[int, int] = (0, 0),
+                channels_last: bool = False) -> torch.Tensor:
+    """``W · window`` for K filters per area at every window position: one grouped convolution, or
+    for filters of each batch entry its own, a gather of every window and a batched matmul. With
+    zero-mean filters (:func:`zero_mean`) and :func:`normalise`, the contrast-normalised response.
 
     Args:
-        stats: from :func:`window_statistics`, C areas per batch entry.
+        centred: (B, C, H, W) areas (:attr:`WindowStatistics.centred`).
         weight: (C, K, h, w), row = y; or (B, C, K, h, w), each batch entry its own filters.
-        bias: (C, K), or (B, C, K).
         stride, offset: evaluate only positions ``offset + stride · i`` (both axes).
         channels_last: run the convolution on a channels-last copy (faster for few filters per group).
     Returns:
         (B, C, K, win_h', win_w').
     """
-    z = correlation(stats.centred, zero_mean(weight), stride, offset, channels_last)
-    return normalise(stats, z, bias, stride, offset)
-
-
-def correlation(centred: torch.Tensor, weight: torch.Tensor, stride: int = 1, offset: tuple[int, int] = (0, 0),
-                channels_last: bool = False) -> torch.Tensor:
-    """``W · window`` of (B, C, H, W) areas for (C, K, h, w) filters, one grouped convolution; or for
-    (B, C, K, h, w) filters, each batch entry its own, a gather of every window and a batched matmul.
-    Returns (B, C, K, win_h', win_w') (see :func:`normalised_correlation`)."""
     channels, k, h, w = weight.shape[-4:]
     if weight.dim() == 5 or (static_graph() and weight.dtype == torch.float64):   # onnxruntime: no float64 Conv
         return _per_entry_correlation(centred, weight, stride, offset)
