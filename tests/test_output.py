@@ -47,3 +47,21 @@ def test_drawing_shows_landmarks_and_axes(fitted):
     changed = np.any(drawn != plain, axis=-1)
     assert changed.sum() > 50                           # the axes' lines
     assert np.array_equal(draw_landmarks(image, result, 1), image)       # no face in image 1: unchanged
+
+
+def test_image_csv_numbers_faces_per_image(fitted, tmp_path):
+    """write_image_csv: a row per face, face_id counted within its image, no row for an image without a face."""
+    import csv
+
+    from torch_clnf.landmark_model import FitResult
+    from torch_clnf.output import write_image_csv
+
+    _, result = fitted
+    three = FitResult.cat([result, result, result])
+    three.image_index = torch.tensor([0, 0, 2])
+    write_image_csv(tmp_path / "faces.csv", three, ["a.jpg", "b.jpg", "c.jpg"])
+    with open(tmp_path / "faces.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [(r["file"], r["face_id"]) for r in table] == [("a.jpg", "0"), ("a.jpg", "1"), ("c.jpg", "0")]
+    assert float(table[2]["x_0"]) == pytest.approx(float(result.landmarks[0, 0, 0]), abs=1e-3)
+    assert table[0]["success"] == "1"
