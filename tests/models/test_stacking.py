@@ -72,3 +72,35 @@ def test_stacking_needs_equal_shapes(eye_pdms, eye_experts, models_dir):
                           torch.float64)
     with pytest.raises(ValueError, match="patch scale"):
         StackedExperts([eye_experts[0], scale_2])
+
+
+def test_padded_stack_gives_each_member_its_own_model(eye_pdms, models_dir):
+    inner = PointDistributionModel(read_pdm(models_dir / "model_inner/pdms/pdm_51_inner.txt"), torch.float64)
+    pdms = [inner, *eye_pdms]
+    stacked = StackedPDM(pdms, padded=True)
+    assert (stacked.num_points, stacked.num_modes) == (51, 32) and stacked.sizes == [(51, 32), (28, 10), (28, 10)]
+    assert stacked.points.sum(1).tolist() == [51, 28, 28]
+    batch = 2
+    tiled = stacked.tiled(batch)
+    glob, local = params(inner, 3 * batch, 5)
+    local[batch:, 10:] = 0                                                 # the eyes' padded modes
+    local[batch:, :10] *= eye_pdms[0].eigenvalues.sqrt() / inner.eigenvalues[:10].sqrt()
+    shape, jacobian = tiled.project_with_jacobian(glob, local)
+    landmarks = shape.clone()
+    for m, pdm in enumerate(pdms):
+        block, (n, k) = slice(m * batch, (m + 1) * batch), stacked.sizes[m]
+        own_shape, own_jacobian = pdm.project_with_jacobian(glob[block], local[block, :k])
+        torch.testing.assert_close(shape[block, :n], own_shape, atol=1e-10, rtol=0)
+        torch.testing.assert_close(jacobian[block, :n, :, : 6 + k], own_jacobian, atol=1e-10, rtol=0)
+        assert torch.equal(jacobian[block, :, :, 6 + k:], torch.zeros_like(jacobian[block, :, :, 6 + k:]))
+        landmarks[block, n:] = torch.nan                                   # padding: no landmarks there
+    # CalcParams of all three from their own points: each member's own result, padded modes exactly 0
+    g, p = tiled.params_from_landmarks(landmarks, stacked.points.repeat_interleave(batch, 0))
+    for m, pdm in enumerate(pdms):
+        block, (n, k) = slice(m * batch, (m + 1) * batch), stacked.sizes[m]
+        own_g, own_p = pdm.params_from_landmarks(landmarks[block, :n])
+        torch.testing.assert_close(g[block], own_g, atol=1e-7, rtol=0)
+        torch.testing.assert_close(p[block, :k], own_p, atol=1e-7, rtol=0)
+        assert torch.equal(p[block, k:], torch.zeros_like(p[block, k:]))
+    later = stacked.tiled(batch, first=1)                                  # the eyes' faces only
+    assert later.mean_shape.shape[0] == 2 * batch and torch.equal(later.eigenvalues, tiled.eigenvalues[batch:])

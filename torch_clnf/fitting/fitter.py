@@ -8,11 +8,12 @@ from torch import nn
 
 from ..models import CCNFExperts, CENExperts, PointDistributionModel
 from ..models.linalg import inverse
-from ..models.stacking import StackedExperts, StackedPDM
+from ..models.stacking import StackedExperts, StackedPDM, per_face_model
 from ..models.sync import syncs_cheaply
 from ..openface import OpenFaceModel
 from .config import FitConfig
-from .rlms import ResponseFrame, nu_rlms
+from .parts import JOINT_PARTS_MAX_FACES, JointParts, PartInput
+from .rlms import ResponseFrame, fit_scale
 from .sampling import align_similarity, sample_areas
 
 
@@ -41,7 +42,8 @@ class ModelFitter(nn.Module):
     """One OpenFace model (the face, or a part) as a batched fitter.
 
     Part models of the same shape and settings (the two eyes) are refitted together, as one
-    stacked fitter (:meth:`stacked`) over both parts of every face.
+    stacked fitter (:meth:`stacked`) over both parts of every face; for a few faces all the
+    parts are (:class:`~torch_clnf.fitting.parts.JointParts`).
 
     Args:
         model: the model's tensors, from :func:`torch_clnf.weights.load_weights`.
@@ -50,6 +52,7 @@ class ModelFitter(nn.Module):
     """
 
     pdm: PointDistributionModel | StackedPDM
+    joint_parts_max_faces: int = JOINT_PARTS_MAX_FACES      # batches this small refit their parts jointly
 
     def __init__(self, model: OpenFaceModel, config: FitConfig, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
@@ -68,6 +71,7 @@ class ModelFitter(nn.Module):
         self.part_groups = _stackable_groups(list(self.parts))                     # part indices fitted together
         self.stacked_parts = nn.ModuleDict({_group_key(group): ModelFitter.stacked([self.parts[k] for k in group])
                                             for group in self.part_groups if len(group) > 1})
+        self.joint_parts = _joint_parts(self)                                     # few faces: all parts as one batch
 
     @classmethod
     def stacked(cls, fitters: list["ModelFitter"]) -> "ModelFitter":
@@ -80,6 +84,7 @@ class ModelFitter(nn.Module):
         fitter.experts = nn.ModuleList([StackedExperts(scale) for scale in zip(*(f.experts for f in fitters))])
         fitter.part_names, fitter.parts, fitter.part_groups = [], nn.ModuleList(), []
         fitter.stacked_parts = nn.ModuleDict()
+        fitter.joint_parts = None
         return fitter
 
     @property
@@ -133,9 +138,8 @@ class ModelFitter(nn.Module):
         """
         cfg = self.config
         batch = params_global.shape[0]
-        pdm, member = self.pdm, None
-        if isinstance(pdm, StackedPDM):
-            pdm, member = pdm.tiled(batch // pdm.members), pdm.member_index(batch // pdm.members)
+        members = self.pdm.members if isinstance(self.pdm, StackedPDM) else 1
+        pdm, member = per_face_model(self.pdm, batch // members)                  # member: None for one model
         active = torch.ones(batch, dtype=torch.bool, device=params_global.device) if active is None else active.clone()
         success = active.clone()
         likelihood = params_global.new_zeros(batch)
@@ -147,17 +151,8 @@ class ModelFitter(nn.Module):
             frame, view_now = self.responses(padded, image_index, params_global, params_local, scale, window, weight_factor,
                                              pdm, member)
             view = torch.where(active, view_now, view)
-            for rigid in (True, False):
-                phase = nu_rlms(pdm, params_global, params_local, frame, rigid, sigma, reg, cfg.iterations,
-                                active, cfg.convergence, cfg.kde_step, cfg.shape_sigmas, cfg.compile,
-                                likelihood=not rigid)       # a scale's likelihood is its last phase's
-                params_global, params_local = phase.params_global, phase.params_local
-                success = success & ~phase.failed
-                active = active & ~phase.failed
-            likelihood = torch.where(active, phase.likelihood, likelihood)
-            shrunk = ~(params_global[:, 0] >= cfg.min_scale)                       # also catches NaN
-            success = success & ~(active & shrunk)
-            active = active & ~shrunk
+            params_global, params_local, active, success, likelihood = fit_scale(
+                pdm, params_global, params_local, frame, sigma, reg, cfg, active, success, likelihood)
         landmarks = pdm.project(params_global, params_local)
         state = FitState(params_global, params_local, landmarks, likelihood, success, view)
         if parts and cfg.refine_hierarchical and len(self.parts):
@@ -172,34 +167,26 @@ class ModelFitter(nn.Module):
         As OpenFace: a part is refitted where the face's scale exceeds 0.9 × the part's first
         patch scale; where any part was, the face's params are refitted to the combined landmarks.
         Parts are independent of each other (each starts from the face's landmarks); a group of
-        stackable parts (the eyes) is one fit of all its parts of all faces.
+        stackable parts (the eyes) is one fit of all its parts of all faces, and a batch of at
+        most :attr:`joint_parts_max_faces` faces refits all its groups as one padded batch
+        (:mod:`.parts`).
         """
         landmarks = state.landmarks.clone()
-        used_any = torch.zeros_like(active)
         batch = landmarks.shape[0]
-        for group in self.part_groups:
-            fitter = self.stacked_parts[_group_key(group)] if len(group) > 1 else self.parts[group[0]]
-            pdm = fitter.pdm.tiled(batch) if isinstance(fitter.pdm, StackedPDM) else fitter.pdm
-            points = pdm.num_points
-            part_landmarks = landmarks.new_zeros(len(group), batch, points, 2)
-            given = torch.zeros(len(group), batch, points, dtype=torch.bool, device=landmarks.device)
-            use = []
-            for m, k in enumerate(group):
-                mapping = getattr(self, f"part_{k}_mapping")
-                part_landmarks[m][:, mapping[:, 1]] = state.landmarks[:, mapping[:, 0]]
-                given[m][:, mapping[:, 1]] = True
-                use.append(active & (state.params_global[:, 0] > 0.9 * self.parts[k].patch_scales[0]))
-            g, p = pdm.params_from_landmarks(part_landmarks.flatten(0, 1), given.flatten(0, 1), compiled=self.config.compile)
-            use = torch.cat(use)
-            if not syncs_cheaply(use) or bool(use.any()):
-                fitted = fitter.fit(padded, image_index.repeat(len(group)), g, p, fitter.config.window_sizes, use)
-                g, p = fitted.params_global, fitted.params_local
-            refined = pdm.project(g, p).unflatten(0, (len(group), batch))
+        groups = [self._group_fitter(group) for group in self.part_groups]
+        inputs = [self._part_input(group, state, active) for group in self.part_groups]
+        if self.joint_parts is not None and batch <= self.joint_parts_max_faces:
+            fitted = self.joint_parts.fit(padded, image_index, inputs, compiled=self.config.compile)
+        else:
+            fitted = [self._refit_group(fitter, part, padded, image_index) for fitter, part in zip(groups, inputs)]
+        used_any = torch.zeros_like(active)
+        for group, fitter, part, (g, p) in zip(self.part_groups, groups, inputs, fitted):
+            refined = per_face_model(fitter.pdm, batch)[0].project(g, p).unflatten(0, (len(group), batch))
             for m, k in enumerate(group):
                 main_index, part_index = getattr(self, f"part_{k}_mapping").unbind(1)
                 landmarks[:, main_index] = torch.where(active[:, None, None], refined[m][:, part_index],
                                                        landmarks[:, main_index])
-            used_any = used_any | use.unflatten(0, (len(group), batch)).any(0)
+            used_any = used_any | part.use.unflatten(0, (len(group), batch)).any(0)
         if not syncs_cheaply(used_any) or bool(used_any.any()):
             g, p = self.pdm.params_from_landmarks(landmarks, compiled=self.config.compile)
             keep = used_any[:, None]
@@ -207,6 +194,47 @@ class ModelFitter(nn.Module):
             state.params_local = torch.where(keep, p, state.params_local)
             state.landmarks = self.pdm.project(state.params_global, state.params_local)
         return state
+
+    def _group_fitter(self, group: list[int]) -> "ModelFitter":
+        """The fitter of a group of parts: the part's own, or the group's stacked one."""
+        return self.stacked_parts[_group_key(group)] if len(group) > 1 else self.parts[group[0]]
+
+    def _part_input(self, group: list[int], state: FitState, active: torch.Tensor) -> PartInput:
+        """A group's part landmarks, mapped from the face's, and where each part is refitted (as
+        OpenFace: where the face's scale exceeds 0.9 × the part's first patch scale)."""
+        batch = state.landmarks.shape[0]
+        points = per_face_model(self._group_fitter(group).pdm, batch)[0].num_points
+        landmarks = state.landmarks.new_zeros(len(group), batch, points, 2)
+        given = torch.zeros(len(group), batch, points, dtype=torch.bool, device=landmarks.device)
+        use = []
+        for m, k in enumerate(group):
+            mapping = getattr(self, f"part_{k}_mapping")
+            landmarks[m][:, mapping[:, 1]] = state.landmarks[:, mapping[:, 0]]
+            given[m][:, mapping[:, 1]] = True
+            use.append(active & (state.params_global[:, 0] > 0.9 * self.parts[k].patch_scales[0]))
+        return PartInput(landmarks, given, torch.cat(use))
+
+    def _refit_group(self, fitter: "ModelFitter", part: PartInput, padded: torch.Tensor,
+                     image_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """CalcParams and the fit of one group of parts on its own: (M · B, 6), (M · B, m) params."""
+        members, batch = part.landmarks.shape[:2]
+        pdm = per_face_model(fitter.pdm, batch)[0]
+        g, p = pdm.params_from_landmarks(part.landmarks.flatten(0, 1), part.given.flatten(0, 1), compiled=self.config.compile)
+        if not syncs_cheaply(part.use) or bool(part.use.any()):
+            fitted = fitter.fit(padded, image_index.repeat(members), g, p, fitter.config.window_sizes, part.use)
+            g, p = fitted.params_global, fitted.params_local
+        return g, p
+
+
+def _joint_parts(fitter: ModelFitter) -> JointParts | None:
+    """The joint refit of a model's part groups, where they can be fitted as one (see :mod:`.parts`)."""
+    if len(fitter.part_groups) < 2:
+        return None
+    groups = [(fitter._group_fitter(group), [fitter.parts[k].pdm for k in group]) for group in fitter.part_groups]
+    try:
+        return JointParts(groups)
+    except ValueError:
+        return None
 
 
 def _stackable_groups(parts: list[ModelFitter]) -> list[list[int]]:

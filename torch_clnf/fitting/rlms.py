@@ -12,7 +12,8 @@ from ..models.compiling import compiled_function
 from ..models.constants import constant
 from ..models.rotation import euler_to_matrix, matrix_to_euler
 from ..models.sync import syncs_cheaply
-from .mean_shift import log_likelihood, mean_shift_at
+from .config import FitConfig
+from .mean_shift import Sigma, log_likelihood, mean_shift_at
 
 
 @dataclass
@@ -24,6 +25,10 @@ class ResponseFrame:
         base_shape: (B, n, 2) the landmarks (pixels) the maps are centred on.
         image_to_reference, reference_to_image: (B, 2, 2) similarities.
         weights: (B, n) per-landmark weights of the least squares (1 for plain RLMS).
+        windows: (B,) float64, each face's own map size where faces of several models share a batch
+            (their maps zero-padded to the largest, their landmarks padded with invisible
+            ones, see :mod:`.parts`); None: every map is ``w`` × ``w``.
+        points: (B, n, 1), 1 for a model's own landmarks and 0 for padding (None: no padding).
     """
 
     maps: torch.Tensor
@@ -32,6 +37,8 @@ class ResponseFrame:
     image_to_reference: torch.Tensor
     reference_to_image: torch.Tensor
     weights: torch.Tensor
+    windows: torch.Tensor | None = None
+    points: torch.Tensor | None = None
 
 
 class PhaseResult(NamedTuple):
@@ -75,10 +82,11 @@ class _System(NamedTuple):
     weights: torch.Tensor           # (B, 2n, 1) per coordinate
     image_to_reference: torch.Tensor    # (B, 2, 2), transposed: rows @ it maps points
     reference_to_image: torch.Tensor    # (B, 2, 2), transposed
+    centre: torch.Tensor                # the maps' centre, map pixels: 0-dim, or (B, 1, 1) per face
 
 
 def nu_rlms(pdm: PointDistributionModel, params_global: torch.Tensor, params_local: torch.Tensor,
-            frame: ResponseFrame, rigid: bool, sigma: float, reg_factor: float, iterations: int,
+            frame: ResponseFrame, rigid: bool, sigma: Sigma, reg_factor: float | torch.Tensor, iterations: int,
             active: torch.Tensor, convergence: float = 0.01, kde_step: float = 0.1, shape_sigmas: float = 3.0,
             compiled: bool = False, likelihood: bool = True) -> PhaseResult:
     """One NU-RLMS phase (rigid only, or rigid + non-rigid) for a batch of faces.
@@ -91,26 +99,30 @@ def nu_rlms(pdm: PointDistributionModel, params_global: torch.Tensor, params_loc
 
     Args:
         params_global: (B, 6); params_local: (B, m).
+        sigma, reg_factor: numbers, or per face (B,) and (B, 1) tensors.
         active: (B,) bool, the faces to fit.
         compiled: run the phase as one ``torch.compile``-d graph of ``iterations`` masked
             iterations (:mod:`~torch_clnf.models.compiling`; same results up to float rounding).
         likelihood: compute the final positions' likelihood (OpenFace keeps only the last
             phase's of a scale; some 20 operations).
     """
-    window = frame.maps.shape[-1]
+    if frame.windows is None:
+        centre = constant((frame.maps.shape[-1] - 1) / 2, params_global)
+    else:
+        centre = ((frame.windows.double() - 1) / 2).to(params_global.dtype)[:, None, None]
     prior = pdm.prior(reg_factor, rigid)                                          # (k,) or (B, k)
     # the rotation is carried as a matrix through the iterations and read back as Euler angles at
     # the end (OpenFace converts at every step: the same rotation, up to float rounding)
     start_rotation = params_global[:, 1:4]
     rotation = euler_to_matrix(start_rotation)
     shape, jacobian = pdm.project_with_jacobian(params_global, params_local, rigid, rotation)   # (B, n, 2), (B, n, 2, k)
-    last = (shape - frame.base_shape) @ frame.image_to_reference.transpose(1, 2) + (window - 1) / 2   # for the likelihood
+    last = (shape - frame.base_shape) @ frame.image_to_reference.transpose(1, 2) + centre     # for the likelihood
     state = _Iterate(params_global, params_local, rotation, shape, jacobian, active.clone(), torch.zeros_like(active),
                      torch.zeros_like(active), last)
     limit = pdm.local_limit(shape_sigmas)
     system = _System(diagonal(prior), -prior[..., None, 6:], -limit, limit,
                      (frame.weights * frame.visible).repeat_interleave(2, 1)[..., None],
-                     frame.image_to_reference.mT, frame.reference_to_image.mT)
+                     frame.image_to_reference.mT, frame.reference_to_image.mT, centre)
     if compiled:
         state = compiled_function(iterations_unrolled)(pdm, frame, state, system, rigid, sigma, convergence, kde_step,
                                                        shape_sigmas, iterations)
@@ -125,8 +137,40 @@ def nu_rlms(pdm: PointDistributionModel, params_global: torch.Tensor, params_loc
     return PhaseResult(params_global, state.params_local, fit_likelihood, state.failed)
 
 
+class ScaleFit(NamedTuple):
+    """Where a scale's two phases left a batch of faces (see :func:`fit_scale`)."""
+
+    params_global: torch.Tensor
+    params_local: torch.Tensor
+    active: torch.Tensor
+    success: torch.Tensor
+    likelihood: torch.Tensor
+
+
+def fit_scale(pdm: PointDistributionModel, params_global: torch.Tensor, params_local: torch.Tensor,
+              frame: ResponseFrame, sigma: Sigma, reg_factor: float | torch.Tensor, config: FitConfig,
+              active: torch.Tensor, success: torch.Tensor, likelihood: torch.Tensor) -> ScaleFit:
+    """One scale of OpenFace's ``CLNF::Fit``: a rigid NU-RLMS phase, then a rigid + non-rigid one
+    (``config``'s iterations, convergence, KDE step, clamp, compile). A face whose system could not
+    be solved fails and stops; one whose scale drops below ``config.min_scale`` (or is NaN) too.
+
+    Args:
+        active, success: (B,) bool; likelihood: (B,) the last scale's, kept where not active.
+    """
+    for rigid in (True, False):
+        phase = nu_rlms(pdm, params_global, params_local, frame, rigid, sigma, reg_factor, config.iterations,
+                        active, config.convergence, config.kde_step, config.shape_sigmas, config.compile,
+                        likelihood=not rigid)       # a scale's likelihood is its last phase's
+        params_global, params_local = phase.params_global, phase.params_local
+        success = success & ~phase.failed
+        active = active & ~phase.failed
+    likelihood = torch.where(active, phase.likelihood, likelihood)
+    shrunk = ~(params_global[:, 0] >= config.min_scale)                           # also catches NaN
+    return ScaleFit(params_global, params_local, active & ~shrunk, success & ~(active & shrunk), likelihood)
+
+
 def iterations_unrolled(pdm: PointDistributionModel, frame: ResponseFrame, state: _Iterate, system: _System,
-                        rigid: bool, sigma: float, convergence: float, kde_step: float, shape_sigmas: float,
+                        rigid: bool, sigma: Sigma, convergence: float, kde_step: float, shape_sigmas: float,
                         iterations: int) -> _Iterate:
     """``iterations`` of :func:`iteration` without early exit (finished faces are masked, so the
     result is the early-exiting loop's): one graph for ``torch.compile``."""
@@ -136,7 +180,7 @@ def iterations_unrolled(pdm: PointDistributionModel, frame: ResponseFrame, state
 
 
 def iteration(pdm: PointDistributionModel, frame: ResponseFrame, state: _Iterate, system: _System, rigid: bool,
-              sigma: float, convergence: float, kde_step: float, shape_sigmas: float) -> _Iterate:
+              sigma: Sigma, convergence: float, kde_step: float, shape_sigmas: float) -> _Iterate:
     """One NU-RLMS iteration of :func:`nu_rlms`: the step from ``state.shape``, then the new shape
     and which faces still run. Reads nothing back on the host (so it compiles to one graph).
 
@@ -144,10 +188,10 @@ def iteration(pdm: PointDistributionModel, frame: ResponseFrame, state: _Iterate
     than its arithmetic. A face that no longer runs takes a zero step (its params and rotation
     are unchanged by it, exactly)."""
     params_global, params_local, rotation, shape, jacobian, running, failed, moved, last = state
-    centre = constant((frame.maps.shape[-1] - 1) / 2, shape)
-    position = torch.bmm(shape - frame.base_shape, system.image_to_reference) + centre     # (B, n, 2) map pixels
+    position = torch.bmm(shape - frame.base_shape, system.image_to_reference) + system.centre    # (B, n, 2) map pixels
     last = torch.where(running[:, None, None], position, last)
-    shift = torch.bmm(mean_shift_at(frame.maps, position, sigma, kde_step), system.reference_to_image)   # pixels
+    shift = torch.bmm(mean_shift_at(frame.maps, position, sigma, kde_step, frame.windows),
+                      system.reference_to_image)                                  # pixels
     step, solved = regularised_step(jacobian, system.weights, shift, system.regulariser,   # W is 0 where not visible
                                     None if rigid else system.prior_local, params_local)
     taken = running & solved
@@ -159,5 +203,6 @@ def iteration(pdm: PointDistributionModel, frame: ResponseFrame, state: _Iterate
     rotation = pdm.rotate(rotation, step)
     moved = moved | taken
     new_shape, jacobian = pdm.project_with_jacobian(params_global, params_local, rigid, rotation)
-    running = taken & (torch.linalg.vector_norm((new_shape - shape).flatten(1), dim=1) >= constant(convergence, shape))
+    moves = new_shape - shape if frame.points is None else (new_shape - shape) * frame.points   # padding: not the model's
+    running = taken & (torch.linalg.vector_norm(moves.flatten(1), dim=1) >= constant(convergence, shape))
     return _Iterate(params_global, params_local, rotation, new_shape, jacobian, running, failed, moved, last)

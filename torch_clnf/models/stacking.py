@@ -1,8 +1,10 @@
-"""Several models of the same shape fitted as one batch, each face with its member's model.
+"""Several models fitted as one batch, each face with its member's model.
 
 OpenFace fits its two eye models one after the other. Stacked, the left and right eyes of B
 faces are one batch of 2B fits: faces ``0 … B − 1`` use member 0, faces ``B … 2B − 1`` member 1
 (contiguous blocks, :meth:`StackedPDM.tiled`), so every fitting step runs once instead of twice.
+Models of different sizes (the inner face and the eyes) stack padded (``StackedPDM(...,
+padded=True)``): the smaller ones get points that no landmark uses and modes that move nothing.
 """
 from __future__ import annotations
 
@@ -18,7 +20,11 @@ from .windows import PatchResponse
 
 
 class StackedPDM(nn.Module):
-    """M point distribution models with equal point and mode counts.
+    """M point distribution models with equal point and mode counts, or padded to the largest.
+
+    Padding (``padded=True``) gives a smaller model points at the origin of its 3D frame, which
+    the fits must weight 0 (:attr:`points` says which are real), and modes with zero components
+    and eigenvalue 1: a regularised step leaves their params at exactly 0.
 
     Example:
         >>> eyes = StackedPDM([left_eye_pdm, right_eye_pdm])
@@ -30,16 +36,30 @@ class StackedPDM(nn.Module):
     mean_shape: torch.Tensor
     principal_components: torch.Tensor
     eigenvalues: torch.Tensor
+    points: torch.Tensor
 
-    def __init__(self, pdms: Sequence[PointDistributionModel]) -> None:
+    def __init__(self, pdms: Sequence[PointDistributionModel], padded: bool = False) -> None:
         super().__init__()
         shapes = {(p.num_points, p.num_modes) for p in pdms}
-        if len(shapes) != 1:
+        if len(shapes) != 1 and not padded:
             raise ValueError(f"stacked PDMs need equal (points, modes), found {sorted(shapes)}")
-        self.register_buffer("mean_shape", torch.stack([p.mean_shape for p in pdms]))                   # (M, n, 3)
-        self.register_buffer("principal_components", torch.stack([p.principal_components for p in pdms]))  # (M, n, 3, m)
-        self.register_buffer("eigenvalues", torch.stack([p.eigenvalues for p in pdms]))                 # (M, m)
-        self._tiled: dict[int, PointDistributionModel] = {}
+        n, m = max(p.num_points for p in pdms), max(p.num_modes for p in pdms)
+        like = pdms[0].mean_shape
+        mean = like.new_zeros(len(pdms), n, 3)
+        components = like.new_zeros(len(pdms), n, 3, m)
+        eigenvalues = like.new_ones(len(pdms), m)
+        points = torch.zeros(len(pdms), n, dtype=torch.bool, device=like.device)
+        for k, pdm in enumerate(pdms):
+            mean[k, : pdm.num_points] = pdm.mean_shape
+            components[k, : pdm.num_points, :, : pdm.num_modes] = pdm.principal_components
+            eigenvalues[k, : pdm.num_modes] = pdm.eigenvalues
+            points[k, : pdm.num_points] = True
+        self.register_buffer("mean_shape", mean)                                   # (M, n, 3)
+        self.register_buffer("principal_components", components)                   # (M, n, 3, m)
+        self.register_buffer("eigenvalues", eigenvalues)                           # (M, m)
+        self.register_buffer("points", points)                                     # (M, n) the members' own points
+        self.sizes = [(p.num_points, p.num_modes) for p in pdms]                   # each member's (n, m)
+        self._tiled: dict[tuple[int, int], PointDistributionModel] = {}
 
     @property
     def members(self) -> int:
@@ -57,18 +77,28 @@ class StackedPDM(nn.Module):
         """(M · batch,) the member of each face of a :meth:`tiled` batch."""
         return torch.arange(self.members, device=self.mean_shape.device).repeat_interleave(batch)
 
-    def tiled(self, batch: int) -> PointDistributionModel:
+    def tiled(self, batch: int, first: int = 0) -> PointDistributionModel:
         """A PDM for M · ``batch`` faces, member m's model for faces ``m·batch … (m+1)·batch − 1``
-        (its tensors carry the face dimension); kept per batch size."""
-        if batch not in self._tiled:
-            index = self.member_index(batch)
+        (its tensors carry the face dimension); from member ``first`` on, (M − first) · ``batch``
+        faces. Kept per batch size."""
+        key = (batch, first)
+        if key not in self._tiled:
+            index = self.member_index(batch)[first * batch:]
             data = PDMData(self.mean_shape[index], self.principal_components[index], self.eigenvalues[index])
-            self._tiled[batch] = PointDistributionModel(data, self.mean_shape.dtype)
-        return self._tiled[batch]
+            self._tiled[key] = PointDistributionModel(data, self.mean_shape.dtype)
+        return self._tiled[key]
 
     def _apply(self, fn, recurse=True):  # new device or dtype: drop the tiled copies
         self._tiled = {}
         return super()._apply(fn, recurse)
+
+
+def per_face_model(pdm: PointDistributionModel | StackedPDM, batch: int) -> tuple[PointDistributionModel, torch.Tensor | None]:
+    """The PDM that fits ``batch`` faces of each member (a :class:`StackedPDM`'s :meth:`~StackedPDM.tiled`
+    model, or ``pdm`` itself), and the (M · batch,) member of each face (None for a single PDM)."""
+    if isinstance(pdm, StackedPDM):
+        return pdm.tiled(batch), pdm.member_index(batch)
+    return pdm, None
 
 
 class StackedExperts(nn.Module):
