@@ -53,9 +53,21 @@ def box_mean(x: torch.Tensor, support: tuple[int, int]) -> torch.Tensor:
 
 
 def band(n: int, k: int, like: torch.Tensor) -> torch.Tensor:
-    """(n, n − k + 1) matrix with ones where ``0 ≤ i − j < k``: ``x @ band`` sums every k consecutive columns."""
-    offset = torch.arange(n, device=like.device)[:, None] - torch.arange(n - k + 1, device=like.device)
-    return ((offset >= 0) & (offset < k)).to(like.dtype)
+    """(n, n − k + 1) matrix with ones where ``0 ≤ i − j < k``: ``x @ band`` sums every k consecutive columns.
+
+    Made once per size, device and dtype (eight operations, each worth its overhead for one face);
+    inside :func:`~torch_clnf.models.sync.fixed_iterations` made afresh (a graph being traced)."""
+    key = (n, k, like.device, like.dtype)
+    found = None if static_graph() else _bands.get(key)
+    if found is None:
+        offset = torch.arange(n, device=like.device)[:, None] - torch.arange(n - k + 1, device=like.device)
+        found = ((offset >= 0) & (offset < k)).to(like.dtype)
+        if not static_graph():
+            _bands[key] = found
+    return found
+
+
+_bands: dict[tuple, torch.Tensor] = {}
 
 
 def window_statistics(areas: torch.Tensor, support: tuple[int, int]) -> WindowStatistics:
