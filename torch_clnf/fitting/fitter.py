@@ -109,9 +109,7 @@ class ModelFitter(nn.Module):
         experts = self.experts[scale]
         pdm = self.pdm if pdm is None else pdm
         shape = pdm.project(params_global, params_local)
-        reference = params_global.new_zeros(params_global.shape)
-        reference[:, 0] = experts.patch_scale
-        image_to_reference = align_similarity(shape, pdm.project(reference, params_local))
+        image_to_reference = align_similarity(shape, pdm.reference_shape(params_local, experts.patch_scale))
         reference_to_image = inverse(image_to_reference)
         view = self.views(params_global, scale, member)
         areas = sample_areas(padded, image_index, shape, reference_to_image, window + experts.support[0] - 1)

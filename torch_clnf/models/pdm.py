@@ -76,6 +76,12 @@ class PointDistributionModel(nn.Module):
             return torch.addmm(self._mean_flat, params_local, basis).view(-1, self.num_points, 3)
         return self.mean_shape + (params_local.unsqueeze(1) @ basis).view(-1, self.num_points, 3)
 
+    def reference_shape(self, params_local: torch.Tensor, scale: float) -> torch.Tensor:
+        """(B, m) local params → (B, n, 2) the shape in OpenFace's reference frame of a patch
+        scale: ``scale`` times its x, y, unrotated, untranslated (:meth:`project` of the global
+        params (scale, 0, 0, 0, 0, 0), without building their identity rotation)."""
+        return scale * self.shape_3d(params_local)[..., :2]
+
     def project(self, params_global: torch.Tensor, params_local: torch.Tensor | None = None) -> torch.Tensor:
         """(B, 6) global, (B, m) local params → (B, n, 2) landmarks, pixels."""
         return self.project_3d(params_global, params_local)[..., :2]
