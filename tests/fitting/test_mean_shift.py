@@ -18,8 +18,9 @@ def test_padded_maps_and_own_sigmas_give_each_faces_own_shift():
     padded = torch.cat([F.pad(m, (0, 9 - m.shape[-1], 0, 9 - m.shape[-1])) for m in maps])
     position = torch.cat(positions)
     visible = torch.ones(4, 6, dtype=torch.bool)
-    shift = mean_shift_at(padded, position, torch.tensor(sigmas), windows=torch.tensor(windows, dtype=torch.float64))
-    likelihood = log_likelihood(padded, position[..., 0], position[..., 1], visible, torch.tensor(sigmas))
+    per_face = torch.tensor(sigmas, dtype=torch.float64)                          # float64: as a Python number
+    shift = mean_shift_at(padded, position, per_face, windows=torch.tensor(windows, dtype=torch.float64))
+    likelihood = log_likelihood(padded, position[..., 0], position[..., 1], visible, per_face)
     for face, (own, at, sigma) in enumerate(zip(maps, positions, sigmas)):
         assert torch.equal(shift[face:face + 1], mean_shift_at(own, at, sigma))    # the padding adds exact zeros
         own_likelihood = log_likelihood(own, at[..., 0], at[..., 1], visible[:1], sigma)
@@ -31,4 +32,5 @@ def test_one_sigma_per_face_equals_a_number():
     generator = torch.Generator().manual_seed(4)
     maps = torch.rand(3, 68, 11, 11, generator=generator)
     position = torch.rand(3, 68, 2, generator=generator) * 10
-    assert torch.equal(mean_shift_at(maps, position, torch.full((3,), 1.5)), mean_shift_at(maps, position, 1.5))
+    per_face = torch.full((3,), 1.5, dtype=torch.float64)
+    assert torch.equal(mean_shift_at(maps, position, per_face), mean_shift_at(maps, position, 1.5))

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..models.constants import widest_float
 from ..openface.validator import DetectionValidatorData, read_validator
 
 # OpenFace's default FaceModelParameters::validation_boundary.
@@ -165,7 +166,7 @@ class DetectionValidator(nn.Module):
 
     def view_index(self, rotation: torch.Tensor) -> torch.Tensor:
         """(B, 3) rotation (rx, ry, rz) radians → (B,) the nearest view (Euclidean, first on ties)."""
-        work = torch.float32 if rotation.device.type == "mps" else torch.float64
+        work = widest_float(rotation.device)
         centres = torch.as_tensor(self.orientations, dtype=work, device=rotation.device)
         return (rotation.to(work)[:, None, :] - centres).norm(dim=-1).argmin(1)
 
@@ -276,7 +277,7 @@ class DetectionValidator(nn.Module):
     def normalise(self, values: torch.Tensor, view: torch.Tensor) -> torch.Tensor:
         """(B, P) warped pixels → the CNN's features: own mean/std, then the view's mean/std images."""
         dtype = values.dtype
-        work = torch.float32 if values.device.type == "mps" else torch.float64
+        work = widest_float(values.device)
         valid = self.pixel_valid[view]
         wide = values.to(work)
         scale = 1.0 / self.pixel_count[view].to(work)                                  # cv::meanStdDev

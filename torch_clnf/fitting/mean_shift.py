@@ -17,11 +17,10 @@ def _axis_kernel(positions: torch.Tensor, size: int, a: torch.Tensor) -> torch.T
 
 def _coefficient(sigma: Sigma, like: torch.Tensor, dims: int) -> torch.Tensor:
     """The KDE's ``−1 / (2 σ²)`` in ``like``'s dtype: a 0-dim tensor, or per face (B, 1, …) with
-    ``dims`` trailing ones (computed in float64, as a Python number would be, then rounded)."""
+    ``dims`` trailing ones (computed in ``sigma``'s dtype, float64 as a Python number would be)."""
     if not isinstance(sigma, torch.Tensor):
         return constant(-0.5 / (sigma * sigma), like)
-    a = -0.5 / (sigma.double() * sigma.double())
-    return a.to(like.device, like.dtype).reshape(-1, *(1,) * dims)
+    return (-0.5 / (sigma * sigma)).to(like.dtype).reshape(-1, *(1,) * dims)
 
 
 def mean_shift(maps: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, sigma: Sigma, step: float = 0.1) -> torch.Tensor:
@@ -34,7 +33,8 @@ def mean_shift(maps: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, sigma: Si
     Args:
         maps: (B, n, w, w) response maps, row = y.
         dx, dy: (B, n) current landmark positions in map coordinates (pixels, 0 = first column/row).
-        sigma: KDE standard deviation, map pixels; or (B,), one per face.
+        sigma: KDE standard deviation, map pixels; or (B,), one per face (float64 where the
+            device has it: the KDE's coefficient is computed in its dtype).
     Returns:
         (B, n, 2) shifts (x, y) in map pixels; 0 where a map is all zero.
     """
@@ -45,13 +45,13 @@ def mean_shift_at(maps: torch.Tensor, position: torch.Tensor, sigma: Sigma, step
                   windows: torch.Tensor | None = None) -> torch.Tensor:
     """:func:`mean_shift` at (B, n, 2) positions (x, y), map pixels.
 
-    ``windows`` (B,) float64: each face's own map size, its maps zero-padded after row and column
+    ``windows`` (B,): each face's own map size, its maps zero-padded after row and column
     ``window − 1`` to the batch's size (the padding adds exact zeros to every sum)."""
     size = maps.shape[-1]
     if windows is None:
         position = position.clamp(0.0, size - step)                                   # (B, n, 2) clamped
     else:
-        position = position.clamp(min=0.0).minimum((windows.double() - step).to(position.dtype)[:, None, None])
+        position = position.clamp(min=0.0).minimum((windows - step).to(position.dtype)[:, None, None])
     step_size = constant(step, position)
     kernels = _axis_kernel(torch.floor(position / step_size + constant(0.5, position)) * step_size, size,
                            _coefficient(sigma, position, 3))                          # (B, n, 2, w)

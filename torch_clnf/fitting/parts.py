@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models import PointDistributionModel
+from ..models.constants import widest_float
 from ..models.stacking import StackedPDM, per_face_model
 from ..models.sync import syncs_cheaply
 from .rlms import ResponseFrame, ScaleFit, fit_scale
@@ -101,7 +102,7 @@ class JointParts(nn.Module):
                 frame, sigma, reg = self._frame(i, scale, window, padded, image_index, batch, state)
                 frames.append(_pad_frame(frame, window, points, size))
                 count = self.members[i] * batch
-                sigmas.append(torch.full((count,), sigma, dtype=torch.float64, device=use.device))
+                sigmas.append(torch.full((count,), sigma, dtype=widest_float(use.device), device=use.device))
                 regs.append(torch.full((count, 1), reg, dtype=params_global.dtype, device=use.device))
             frame = _cat_frames(frames, self._points(batch, fitting[0]))
             out = fit_scale(self.pdm.tiled(batch, self.first_member[fitting[0]]), state.params_global[rows],
@@ -129,8 +130,9 @@ class JointParts(nn.Module):
         """One scale of group ``i`` alone, with its own (unpadded) model."""
         frame, sigma, reg = self._frame(i, *scale_window, padded, image_index, batch, state)
         rows, modes = self._rows(i, batch), self._modes(i)
-        out = fit_scale(per_face_model(self._fitters[i].pdm, batch)[0], state.params_global[rows], state.params_local[rows, :modes], frame,
-                        sigma, reg, self._fitters[i].config, state.active[rows], state.success[rows], state.likelihood[rows])
+        pdm = per_face_model(self._fitters[i].pdm, batch)[0]
+        out = fit_scale(pdm, state.params_global[rows], state.params_local[rows, :modes], frame, sigma, reg,
+                        self._fitters[i].config, state.active[rows], state.success[rows], state.likelihood[rows])
         local = state.params_local.clone()
         local[rows, :modes] = out.params_local
         return ScaleFit(_put(state.params_global, rows, out.params_global), local, _put(state.active, rows, out.active),
@@ -166,7 +168,7 @@ def _pad_frame(frame: ResponseFrame, window: int, points: int, size: int) -> Res
     maps = F.pad(frame.maps, (0, size - window, 0, size - window, 0, extra))
     return ResponseFrame(maps, F.pad(frame.visible, (0, extra)), F.pad(frame.base_shape, (0, 0, 0, extra)),
                          frame.image_to_reference, frame.reference_to_image, F.pad(frame.weights, (0, extra)),
-                         torch.full((maps.shape[0],), window, dtype=torch.float64, device=maps.device))
+                         torch.full((maps.shape[0],), window, dtype=widest_float(maps.device), device=maps.device))
 
 
 def _cat_frames(frames: list[ResponseFrame], points: torch.Tensor) -> ResponseFrame:

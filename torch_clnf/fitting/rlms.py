@@ -25,7 +25,7 @@ class ResponseFrame:
         base_shape: (B, n, 2) the landmarks (pixels) the maps are centred on.
         image_to_reference, reference_to_image: (B, 2, 2) similarities.
         weights: (B, n) per-landmark weights of the least squares (1 for plain RLMS).
-        windows: (B,) float64, each face's own map size where faces of several models share a batch
+        windows: (B,) each face's own map size (float64 where the device has it) where faces of several models share a batch
             (their maps zero-padded to the largest, their landmarks padded with invisible
             ones, see :mod:`.parts`); None: every map is ``w`` × ``w``.
         points: (B, n, 1), 1 for a model's own landmarks and 0 for padding (None: no padding).
@@ -109,7 +109,7 @@ def nu_rlms(pdm: PointDistributionModel, params_global: torch.Tensor, params_loc
     if frame.windows is None:
         centre = constant((frame.maps.shape[-1] - 1) / 2, params_global)
     else:
-        centre = ((frame.windows.double() - 1) / 2).to(params_global.dtype)[:, None, None]
+        centre = ((frame.windows - 1) / 2).to(params_global.dtype)[:, None, None]
     prior = pdm.prior(reg_factor, rigid)                                          # (k,) or (B, k)
     # the rotation is carried as a matrix through the iterations and read back as Euler angles at
     # the end (OpenFace converts at every step: the same rotation, up to float rounding)

@@ -12,6 +12,12 @@ import torch
 _cache: dict[tuple, torch.Tensor] = {}
 
 
+def widest_float(device: torch.device) -> torch.dtype:
+    """float64, or float32 on a device without float64 (Apple MPS): for values that should be
+    computed as precisely as a Python number is."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 def constant(value: float | torch.Tensor, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     """``value`` (a number, or a module-level tensor) as a tensor on ``like``'s device, in
     ``dtype`` (default ``like``'s): a 0-dim tensor for a number."""
