@@ -25,6 +25,7 @@ from ..models import PointDistributionModel
 from ..models.constants import widest_float
 from ..models.stacking import StackedPDM, per_face_model
 from ..models.sync import syncs_cheaply
+from .config import FitConfig
 from .rlms import ResponseFrame, ScaleFit, fit_scale
 
 if TYPE_CHECKING:
@@ -73,8 +74,14 @@ class JointParts(nn.Module):
 
     def fit(self, padded: torch.Tensor, image_index: torch.Tensor, parts: list[PartInput],
             compiled: bool = False) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Refit every group's parts; ``parts`` in the order of the groups given at construction.
+        """Refit every group's parts: CalcParams of all of them as one call, then the rounds of scales.
 
+        Args:
+            padded: (N, H + 4, W + 4) grey images (:func:`~torch_clnf.fitting.sampling.pad_images`).
+            image_index: (B,) the image of each face.
+            parts: one per group, in the order of the groups given at construction.
+            compiled: CalcParams as compiled blocks (``FitConfig.compile``; the NU-RLMS phases
+                follow each part's own config).
         Returns:
             per group, (M · B, 6) global and (M · B, m) local params of its own model.
         """
@@ -139,9 +146,11 @@ class JointParts(nn.Module):
                         _put(state.success, rows, out.success), _put(state.likelihood, rows, out.likelihood))
 
     def _rows(self, i: int, batch: int) -> slice:
+        """The faces of group ``i`` (all its members) in the joint batch."""
         return slice(self.first_member[i] * batch, (self.first_member[i] + self.members[i]) * batch)
 
     def _modes(self, i: int) -> int:
+        """Group ``i``'s own number of modes (the joint model's first ones)."""
         return self.pdm.sizes[self.first_member[i]][1]
 
     def _points(self, batch: int, first_group: int) -> torch.Tensor:
@@ -150,7 +159,7 @@ class JointParts(nn.Module):
         return self.pdm.points[index].unsqueeze(-1).to(self.pdm.mean_shape.dtype)
 
 
-def _shared_settings(fitter: "ModelFitter") -> object:
+def _shared_settings(fitter: "ModelFitter") -> FitConfig:
     """A part's config without what may differ between jointly fitted parts."""
     return replace(fitter.config, window_sizes=(), tracking_window_sizes=(), sigma=0.0, reg_factor=0.0, weight_factor=0.0)
 
