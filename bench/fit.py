@@ -1,17 +1,20 @@
 """Landmark fitting speed: torch_clnf vs OpenFace C++'s fit times in the reference CSVs.
 
     python bench/fit.py [--models DIR] [--device cpu|cuda|mps] [--batches 1 8 64] [--repeats 10] [--threads 1 2]
-                        [--ceclm] [--compile]
+                        [--ceclm] [--compile] [--parts-alone]
 
 Fits from the recorded MTCNN boxes of ../shared/media/sample1–6.jpg (CLNF general model, part
 models on, as the C++ reference); batches repeat those six faces. Image decoding is excluded on
 both sides. With --ceclm, also CE-CLM on full-size synthetic CEN files (real layer shapes, random
-weights) written by ../shared/tools/make_synthetic_cen.py.
+weights) written by ../shared/tools/make_synthetic_cen.py. With --parts-alone, also CLNF with every
+part group refitted on its own (batches of up to 8 faces otherwise refit all their parts jointly,
+torch_clnf.fitting.parts), the two timed in turns, call by call.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import os
 import platform
 import statistics
@@ -26,7 +29,7 @@ import torch
 import torch_clnf
 from torch_clnf import FitConfig
 
-from timing import SHARED, ceclm_models, median_ms
+from timing import SHARED, ceclm_models, interleaved_median_ms
 
 REFERENCE = SHARED / "reference/openface_cpp"
 
@@ -49,7 +52,7 @@ def cpp_median_ms(name: str, column: str = "fit_ms") -> float:
 
 
 def run(name: str, model: torch_clnf.LandmarkModel, batches: list[int], device: torch.device, repeats: int,
-        cpp_ms: float, threads: list[int]) -> None:
+        cpp_ms: float, threads: list[int], parts_alone: bool = False) -> None:
     for batch, count in ((b, t) for b in batches for t in threads):
         torch.set_num_threads(count)
         greys, boxes, index = faces(batch, device)
@@ -58,11 +61,20 @@ def run(name: str, model: torch_clnf.LandmarkModel, batches: list[int], device: 
             for _ in range(2):
                 model.fit(greys, boxes, image_index=index)
             print(f"# compiling for {batch} faces: {time.perf_counter() - start:.0f} s", flush=True)
-        seconds = median_ms(lambda: model.fit(greys, boxes, image_index=index), device,
-                            repeats if batch < 64 else max(3, repeats // 3), warmup=1) / 1000
-        per_face = seconds * 1000 / batch
-        print(f"{name:14} {device.type:5} {count:7d} {batch:5d} {seconds * 1000:10.1f} {per_face:9.2f} "
-              f"{batch / seconds:9.0f} {cpp_ms:8.1f} {1000 / cpp_ms:8.0f} {cpp_ms / per_face:8.2f}x", flush=True)
+        joint = model.fitter.joint_parts_max_faces
+
+        def fit(joint_parts_max_faces: int) -> None:
+            model.fitter.joint_parts_max_faces = joint_parts_max_faces
+            model.fit(greys, boxes, image_index=index)
+
+        variants = {name: joint, **({f"{name} parts alone": 0} if parts_alone else {})}
+        medians = interleaved_median_ms({label: functools.partial(fit, limit) for label, limit in variants.items()},
+                                        device, repeats if batch < 64 else max(3, repeats // 3), warmup=1)
+        model.fitter.joint_parts_max_faces = joint
+        for label, ms in medians.items():
+            per_face = ms / batch
+            print(f"{label:18} {device.type:5} {count:7d} {batch:5d} {ms:10.1f} {per_face:9.2f} "
+                  f"{batch / ms * 1000:9.0f} {cpp_ms:8.1f} {1000 / cpp_ms:8.0f} {cpp_ms / per_face:8.2f}x", flush=True)
 
 
 def main() -> None:
@@ -75,16 +87,18 @@ def main() -> None:
                         "(side by side in one run; default: torch's setting, e.g. from OMP_NUM_THREADS)")
     parser.add_argument("--ceclm", action="store_true", help="also time CE-CLM on full-size synthetic CEN files")
     parser.add_argument("--compile", action="store_true", help="also time CLNF with FitConfig(compile=True)")
+    parser.add_argument("--parts-alone", action="store_true",
+                        help="also time CLNF with each part group refitted on its own (no joint part refits)")
     args = parser.parse_args()
     device = torch.device(args.device)
     threads = args.threads or [torch.get_num_threads()]
     print(f"# {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
           f"float32, median of {args.repeats}; C++ = OpenFace 2.x on the same machine type (reference CSVs)")
-    print(f"{'model':14} {'dev':5} {'threads':>7} {'faces':>5} {'batch ms':>10} {'ms/face':>9} {'faces/s':>9} "
+    print(f"{'model':18} {'dev':5} {'threads':>7} {'faces':>5} {'batch ms':>10} {'ms/face':>9} {'faces/s':>9} "
           f"{'C++ ms':>8} {'C++ f/s':>8} {'speed-up':>9}")
     cpp_clnf = cpp_median_ms("images_default.csv")
     run("CLNF", torch_clnf.load_model("main_clnf_general.txt", args.models, device=device), args.batches, device,
-        args.repeats, cpp_clnf, threads)
+        args.repeats, cpp_clnf, threads, args.parts_alone)
     if args.compile:
         model = torch_clnf.load_model("main_clnf_general.txt", args.models, device=device, config=FitConfig(compile=True))
         run("CLNF compiled", model, args.batches, device, args.repeats, cpp_clnf, threads)

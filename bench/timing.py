@@ -23,16 +23,25 @@ def sync(device: torch.device) -> None:
 
 def median_ms(call: Callable[[], object], device: torch.device, repeats: int, warmup: int = 2) -> float:
     """Median wall-clock milliseconds of ``repeats`` calls, after ``warmup`` calls."""
-    for _ in range(warmup):
-        call()
-    times = []
+    return interleaved_median_ms({"call": call}, device, repeats, warmup)["call"]
+
+
+def interleaved_median_ms(calls: dict[str, Callable[[], object]], device: torch.device, repeats: int,
+                          warmup: int = 2) -> dict[str, float]:
+    """:func:`median_ms` of several calls timed in turns (A, B, A, B, …), so that a machine whose
+    speed drifts slows them alike: their ratio is the side-by-side one."""
+    for call in calls.values():
+        for _ in range(warmup):
+            call()
+    times: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        call()
-        sync(device)
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+        for name, call in calls.items():
+            sync(device)
+            start = time.perf_counter()
+            call()
+            sync(device)
+            times[name].append((time.perf_counter() - start) * 1000)
+    return {name: statistics.median(found) for name, found in times.items()}
 
 
 def synthetic_cen_tool() -> ModuleType:
