@@ -25,9 +25,9 @@ class ResponseFrame:
         base_shape: (B, n, 2) the landmarks (pixels) the maps are centred on.
         image_to_reference, reference_to_image: (B, 2, 2) similarities.
         weights: (B, n) per-landmark weights of the least squares (1 for plain RLMS).
-        windows: (B,) each face's own map size (float64 where the device has it) where faces of several models share a batch
-            (their maps zero-padded to the largest, their landmarks padded with invisible
-            ones, see :mod:`.parts`); None: every map is ``w`` × ``w``.
+        windows: (B,) each face's own map size (float64 where the device has it), where faces
+            of several models share a batch (their maps zero-padded to the largest, their
+            landmarks padded with invisible ones, see :mod:`.parts`); None: every map is w × w.
         points: (B, n, 1), 1 for a model's own landmarks and 0 for padding (None: no padding).
     """
 
