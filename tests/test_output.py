@@ -59,6 +59,7 @@ def test_image_csv_numbers_faces_per_image(fitted, tmp_path):
     _, result = fitted
     three = FitResult.cat([result, result, result])
     three.image_index = torch.tensor([0, 0, 2])
+    assert three.of_image(0).image_index.tolist() == [0, 0] and len(three.of_image(1)) == 0
     write_image_csv(tmp_path / "faces.csv", three, ["a.jpg", "b.jpg", "c.jpg"])
     with open(tmp_path / "faces.csv") as f:
         table = list(csv.DictReader(f))

@@ -56,6 +56,10 @@ class FitResult:
             index = slice(index, index + 1)
         return FitResult(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
 
+    def of_image(self, number: int) -> "FitResult":
+        """The faces of image ``number``, in order (``image_index`` kept as it is)."""
+        return self[(self.image_index == number).nonzero().flatten()]
+
     @staticmethod
     def cat(results: Sequence["FitResult"]) -> "FitResult":
         """The faces of several results, in order (``image_index`` is kept as it is)."""

@@ -35,7 +35,7 @@ def write_image_csv(path: str | Path, result: FitResult, names: Sequence[str]) -
     table = ImageCSV(path, result.landmarks.shape[1], result.params_local.shape[1])
     try:
         for number, name in enumerate(names):
-            table.write(name, result[(result.image_index == number).nonzero().flatten()])
+            table.write(name, result.of_image(number))
     finally:
         table.close()
 
@@ -116,16 +116,16 @@ def draw_landmarks(image: np.ndarray, result: FitResult, image_number: int, axes
     with ``axes``, each successful face's head-pose axes (:func:`pose_axes`; x red, y green, z blue)."""
     canvas = image.copy() if image.ndim == 3 else cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
     radius = max(1, round(max(canvas.shape[:2]) / 300))
-    faces = (result.image_index == image_number).nonzero().flatten().tolist()
-    for k in faces:
-        colour = (0, 200, 0) if bool(result.success[k]) else (0, 0, 255)
-        for x, y in result.landmarks[k].tolist():
+    faces = result.of_image(image_number)
+    for k in range(len(faces)):
+        colour = (0, 200, 0) if bool(faces.success[k]) else (0, 0, 255)
+        for x, y in faces.landmarks[k].tolist():
             cv2.circle(canvas, (round(x), round(y)), radius, colour, -1, cv2.LINE_AA)
-    if axes and faces:
+    if axes and len(faces):
         height, width = canvas.shape[:2]
-        projected = pose_axes(result.pose[faces], width, height, length=40.0)
-        for k, ends in zip(faces, projected.tolist()):
-            if not bool(result.success[k]) or not np.isfinite(ends).all():
+        projected = pose_axes(faces.pose, width, height, length=40.0)
+        for k, ends in enumerate(projected.tolist()):
+            if not bool(faces.success[k]) or not np.isfinite(ends).all():
                 continue
             centre = tuple(round(v) for v in ends[0])
             for end, colour in zip(ends[1:], ((0, 0, 255), (0, 200, 0), (255, 0, 0))):   # BGR: x red, y green, z blue

@@ -105,6 +105,6 @@ def _fit_entries(model: LandmarkModel, paths: list[Path], entries: list[tuple[in
         if image is None:
             yield ImageFit(paths[k], None, None, error)
             continue
-        faces = result[(result.image_index == position[k]).nonzero().flatten()]
+        faces = result.of_image(position[k])
         faces.image_index = torch.zeros_like(faces.image_index)
         yield ImageFit(paths[k], image, faces)
