@@ -24,7 +24,7 @@ def test_responses_and_phases_match_openface(fitter, media_dir, reference_dir, n
     for before, rigid, nonrigid in zip(states[0::3], states[1::3], states[2::3]):
         assert (before["phase"], rigid["phase"], nonrigid["phase"]) == ("before", "after_rigid", "after_nonrigid")
         scale = before["scale"]
-        sigma, reg, weight_factor = fitter.config.at_scale(fitter.patch_scales[min(scale, 2)])
+        sigma, reg, weight_factor = fitter.settings_at(scale)
         frame, view = fitter.responses(images, index, before["global"], before["local"], scale, before["window"], weight_factor)
         assert view.item() == before["view"]
         expected = torch.stack([cpp_maps[(scale, i)] for i in range(68)])[None]

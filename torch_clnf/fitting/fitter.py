@@ -91,6 +91,11 @@ class ModelFitter(nn.Module):
     def patch_scales(self) -> list[float]:
         return [e.patch_scale for e in self.experts]
 
+    def settings_at(self, scale: int) -> tuple[float, float, float]:
+        """(sigma, reg_factor, weight_factor) at a scale (:meth:`FitConfig.at_scale`; as OpenFace, a
+        scale after the third, CE-CLM's fourth, keeps the third's patch scale for it)."""
+        return self.config.at_scale(self.patch_scales[min(scale, 2)])
+
     def views(self, params_global: torch.Tensor, scale: int, member: torch.Tensor | None = None) -> torch.Tensor:
         """(B,) the expert view nearest each face's rotation at a scale (among its member's views,
         for a :meth:`stacked` fitter)."""
@@ -145,7 +150,7 @@ class ModelFitter(nn.Module):
         for scale, window in enumerate(window_sizes[: len(self.experts)]):
             if window == 0 or (syncs_cheaply(active) and not bool(active.any())):
                 continue
-            sigma, reg, weight_factor = cfg.at_scale(self.patch_scales[min(scale, 2)])
+            sigma, reg, weight_factor = self.settings_at(scale)
             frame, view_now = self.responses(padded, image_index, params_global, params_local, scale, window, weight_factor,
                                              pdm, member)
             view = torch.where(active, view_now, view)
@@ -172,7 +177,8 @@ class ModelFitter(nn.Module):
         landmarks = state.landmarks.clone()
         batch = landmarks.shape[0]
         groups = [self._group_fitter(group) for group in self.part_groups]
-        inputs = [self._part_input(group, state, active) for group in self.part_groups]
+        inputs = [self._part_input(group, fitter, state, active)
+                  for group, fitter in zip(self.part_groups, groups)]
         if self.joint_parts is not None and batch <= self.joint_parts_max_faces:
             fitted = self.joint_parts.fit(padded, image_index, inputs, compiled=self.config.compile)
         else:
@@ -197,11 +203,12 @@ class ModelFitter(nn.Module):
         """The fitter of a group of parts: the part's own, or the group's stacked one."""
         return self.stacked_parts[_group_key(group)] if len(group) > 1 else self.parts[group[0]]
 
-    def _part_input(self, group: list[int], state: FitState, active: torch.Tensor) -> PartInput:
-        """A group's part landmarks, mapped from the face's, and where each part is refitted (as
-        OpenFace: where the face's scale exceeds 0.9 × the part's first patch scale)."""
+    def _part_input(self, group: list[int], fitter: "ModelFitter", state: FitState, active: torch.Tensor) -> PartInput:
+        """A group's part landmarks (``fitter`` its :meth:`_group_fitter`), mapped from the face's,
+        and where each part is refitted (as OpenFace: where the face's scale exceeds 0.9 × the
+        part's first patch scale)."""
         batch = state.landmarks.shape[0]
-        points = per_face_model(self._group_fitter(group).pdm, batch)[0].num_points
+        points = fitter.pdm.num_points
         landmarks = state.landmarks.new_zeros(len(group), batch, points, 2)
         given = torch.zeros(len(group), batch, points, dtype=torch.bool, device=landmarks.device)
         use = []
@@ -217,7 +224,8 @@ class ModelFitter(nn.Module):
         """CalcParams and the fit of one group of parts on its own: (M · B, 6), (M · B, m) params."""
         members, batch = part.landmarks.shape[:2]
         pdm = per_face_model(fitter.pdm, batch)[0]
-        g, p = pdm.params_from_landmarks(part.landmarks.flatten(0, 1), part.given.flatten(0, 1), compiled=self.config.compile)
+        g, p = pdm.params_from_landmarks(part.landmarks.flatten(0, 1), part.given.flatten(0, 1),
+                                         compiled=self.config.compile)
         if not syncs_cheaply(part.use) or bool(part.use.any()):
             fitted = fitter.fit(padded, image_index.repeat(members), g, p, fitter.config.window_sizes, part.use)
             g, p = fitted.params_global, fitted.params_local

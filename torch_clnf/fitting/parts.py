@@ -127,7 +127,7 @@ class JointParts(nn.Module):
         """Group ``i``'s response frame at one of its scales, with its sigma and reg_factor there."""
         fitter, rows = self._fitters[i], self._rows(i, batch)
         pdm, member = per_face_model(fitter.pdm, batch)
-        sigma, reg, weight_factor = fitter.config.at_scale(fitter.patch_scales[min(scale, 2)])
+        sigma, reg, weight_factor = fitter.settings_at(scale)
         frame, _ = fitter.responses(padded, image_index.repeat(self.members[i]), state.params_global[rows],
                                     state.params_local[rows, : self._modes(i)], scale, window, weight_factor, pdm, member)
         return frame, sigma, reg
