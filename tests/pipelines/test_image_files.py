@@ -1,6 +1,7 @@
 """fit_image_files: image files a batch at a time, in order, unreadable files reported and skipped."""
 import shutil
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -67,6 +68,29 @@ def test_batches_close_at_the_pixel_budget(model, folder, reference_dir, monkeyp
     sizes.clear()
     list(fit_image_files(model, image_files([folder]), per_file, batch=16, max_pixels=1))      # each image alone
     assert sizes == [1, 1, 1]
+
+
+def test_batches_count_pixels_as_padded_to_the_largest_sides(model, media_dir, reference_dir, tmp_path, monkeypatch):
+    """Two landscape images and the same turned upright: a budget of three landscape images'
+    pixels holds all three side by side, but not as the fitter holds them, each padded to the
+    largest height and width; the upright one starts a batch of its own."""
+    image = cv2.imread(str(media_dir / "sample1.jpg"))
+    cv2.imwrite(str(tmp_path / "a.png"), image)
+    cv2.imwrite(str(tmp_path / "b.png"), image)
+    cv2.imwrite(str(tmp_path / "c.png"), cv2.rotate(image, cv2.ROTATE_90_CLOCKWISE))
+    height, width = image.shape[:2]
+    sizes = []
+    fit = model.fit
+
+    def counted(images, *args, **kwargs):
+        sizes.append([im.shape[:2] for im in images])
+        return fit(images, *args, **kwargs)
+
+    monkeypatch.setattr(model, "fit", counted)
+    box = boxes(rows(reference_dir / "openface_cpp/images_default.csv")[:1])[0]
+    fits = list(fit_image_files(model, image_files([tmp_path]), box, batch=16, max_pixels=3 * height * width))
+    assert height != width and sizes == [[(height, width), (height, width)], [(width, height)]]
+    assert [f.path.name for f in fits] == ["a.png", "b.png", "c.png"]
 
 
 def test_one_box_for_every_file_and_checked_shapes(model, media_dir, reference_dir):

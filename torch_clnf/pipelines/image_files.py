@@ -43,7 +43,8 @@ def image_files(paths: Sequence[str | Path]) -> list[Path]:
 
 
 # at most this many image pixels per batch (33.5 MP: sixteen 1080p frames; detection works on
-# float copies and pyramids of them, some 50 bytes a pixel at its peak)
+# float copies and pyramids of them, some 50 bytes a pixel at its peak), counted as the fitter's
+# batch holds them: every image padded to the largest height and the largest width
 MAX_BATCH_PIXELS = 1 << 25
 
 
@@ -54,8 +55,11 @@ def fit_image_files(model: LandmarkModel, paths: Sequence[str | Path], boxes: to
     :class:`ImageFit` per file in order, as soon as its batch is done.
 
     Only one batch of images is held at a time, and a batch is closed early where its images
-    would exceed ``max_pixels`` (a larger image is fitted alone). A file that cannot be read
-    gives an :class:`ImageFit` with its ``error`` and the run goes on.
+    would exceed ``max_pixels`` (a larger image is fitted alone), counted as the fitter holds
+    them, each padded to the batch's largest height and width: a portrait photo among landscape
+    ones, or one 12 MP photo among 1 MP ones, starts a new batch rather than making every image
+    of the batch that large. A file that cannot be read gives an :class:`ImageFit` with its
+    ``error`` and the run goes on.
 
     Args:
         paths: image files (see :func:`image_files` for folders).
@@ -63,7 +67,8 @@ def fit_image_files(model: LandmarkModel, paths: Sequence[str | Path], boxes: to
             file, or (N, 4) one per file.
         batch: files fitted together (more: faster per face, more memory).
         multi_view: as :meth:`LandmarkModel.fit`.
-        max_pixels: the most image pixels (height × width) in one batch.
+        max_pixels: the most pixels in one batch: its images times their largest height times
+            their largest width.
     """
     if batch < 1:
         raise ValueError(f"batch: expected at least 1 file per fit, found {batch}")
@@ -76,18 +81,19 @@ def fit_image_files(model: LandmarkModel, paths: Sequence[str | Path], boxes: to
             raise ValueError(f"boxes: expected (4,) for every file or ({len(paths)}, 4), one per file; "
                              f"found shape {tuple(boxes.shape)}")
     entries: list[tuple[int, np.ndarray | None, str | None]] = []      # (file, image or None, error)
-    images = pixels = 0
+    images = height = width = 0                     # the batch's readable images and their largest sides
     for k, path in enumerate(paths):
         try:
             image, error = read_image(path), None
         except ValueError as err:
             image, error = None, str(err)
-        size = 0 if image is None else image.shape[0] * image.shape[1]
-        if images and (images == batch or pixels + size > max_pixels):
-            yield from _fit_entries(model, paths, entries, boxes, multi_view)
-            entries, images, pixels = [], 0, 0
+        if image is not None:
+            grown = (images + 1) * max(height, image.shape[0]) * max(width, image.shape[1])
+            if images and (images == batch or grown > max_pixels):
+                yield from _fit_entries(model, paths, entries, boxes, multi_view)
+                entries, images, height, width = [], 0, 0, 0
+            images, height, width = images + 1, max(height, image.shape[0]), max(width, image.shape[1])
         entries.append((k, image, error))
-        images, pixels = images + (image is not None), pixels + size
     if entries:
         yield from _fit_entries(model, paths, entries, boxes, multi_view)
 
