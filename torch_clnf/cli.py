@@ -205,8 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     image.add_argument("--draw", type=Path, help="write the image with its landmarks and head-pose axes here "
                        "(a folder for several images)")
     image.add_argument("--batch", type=int, default=16, help="images read and fitted together (default 16; more is "
-                       "faster per face and takes more memory; a batch holds at most 33.5 megapixels, a larger "
-                       "image is fitted alone)")
+                       "faster per face and takes more memory; a batch holds at most 33.5 megapixels, each image "
+                       "counted at the batch's largest height and width; a larger image is fitted alone)")
     _model_options(image)
     image.set_defaults(run=_image)
 
