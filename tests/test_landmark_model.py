@@ -75,6 +75,23 @@ def test_refine_from_perturbed_landmarks(model, media_dir, reference_dir):
     assert after < 0.5 * before, (before, after)
 
 
+def test_refine_with_missing_points(model, media_dir, reference_dir):
+    """Landmarks with points missing (NaN): every 7th point of five faces, the whole jaw of one.
+    The start is fitted to the given points, and the fits land where they land from all points:
+    the same within rounding where few points are missing, close where the jaw is."""
+    records = rows(reference_dir / "openface_cpp/images_default.csv")
+    given = landmarks(records).float()
+    missing = given.clone()
+    missing[1, :17] = float("nan")
+    missing[[0, 2, 3, 4, 5], ::7] = float("nan")
+    images = [media_dir / r["file_or_frame"] for r in records]
+    full, partial = model.refine(images, given), model.refine(images, missing)
+    assert partial.success.tolist() == full.success.tolist() == [True] * len(records)
+    assert torch.isfinite(partial.landmarks).all() and torch.isfinite(partial.params_local).all()
+    median = (partial.landmarks - full.landmarks).norm(dim=-1).median(1).values
+    assert median[[0, 2, 3, 4, 5]].max() < 0.1 and median[1] < 0.5, median
+
+
 def test_tensor_and_grey_inputs_agree(model, media_dir, reference_dir):
     record = rows(reference_dir / "openface_cpp/images_default.csv")[1]
     bgr = cv2.imread(str(media_dir / record["file_or_frame"]))
@@ -101,6 +118,13 @@ def test_bad_inputs_give_clear_errors(model, tmp_path):
         model.fit([image, image], torch.zeros(2, 3))
     with pytest.raises(ValueError, match=r"landmarks: expected \(B, 68, 2\)"):
         model.refine([image], torch.zeros(1, 5, 2))
+    with pytest.raises(ValueError, match=r"boxes: expected finite x, y, width, height; not finite: box\(es\) \[1\]"):
+        model.fit([image, image], torch.tensor([[0, 0, 10, 10], [float("nan"), 0, 10, 10]]))
+    few = torch.full((2, 68, 2), float("nan"))
+    few[:, :3] = torch.tensor([[0.0, 0], [10, 0], [0, 10]])
+    few[1, 2] = float("inf")
+    with pytest.raises(ValueError, match=r"landmarks: expected at least 3 finite points per face; fewer in face\(s\) \[1\]"):
+        model.refine([image, image], few)
 
 
 def test_faces_that_fail_are_reported(model):

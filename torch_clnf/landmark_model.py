@@ -72,6 +72,11 @@ def camera(sizes: torch.Tensor) -> torch.Tensor:
     return torch.stack([f, sizes[:, 0] / 2, sizes[:, 1] / 2], 1)
 
 
+# the fewest given points :meth:`LandmarkModel.refine` starts a face from (its scale, rotation and
+# position need three points not on one line)
+MIN_REFINE_POINTS = 3
+
+
 def _as_index(value: torch.Tensor | Sequence[int] | None, count: int, images: int, device) -> torch.Tensor:
     if value is None:
         if count != images:
@@ -195,6 +200,10 @@ class LandmarkModel(nn.Module):
         if boxes.shape[-1:] != (4,) or boxes.dim() > 2:
             raise ValueError(f"boxes: expected (B, 4) x, y, width, height, found shape {tuple(boxes.shape)}")
         boxes = boxes.reshape(-1, 4)
+        broken = ~torch.isfinite(boxes).all(1)
+        if bool(broken.any()):
+            raise ValueError(f"boxes: expected finite x, y, width, height; not finite: box(es) "
+                             f"{broken.nonzero().flatten().tolist()}")
         index = _as_index(image_index, boxes.shape[0], grey.shape[0], self.device)
         fitter = self.fitter
         if not multi_view:
@@ -217,15 +226,22 @@ class LandmarkModel(nn.Module):
         skips the coarsest scale when tracking); pass ``window_sizes`` to change that.
 
         Args:
-            landmarks: (B, n, 2) pixels in OpenFace's 68-point order.
+            landmarks: (B, n, 2) pixels in OpenFace's 68-point order. Points that are not finite
+                (NaN: another detector's missing points) are left out of the start, which is
+                fitted to the others; a face needs at least :data:`MIN_REFINE_POINTS` of them.
         """
         batch = self.prepare(images)
         grey = batch.padded
         landmarks = torch.as_tensor(landmarks, dtype=self.dtype, device=self.device)
         if landmarks.dim() != 3 or landmarks.shape[1:] != (self.fitter.pdm.num_points, 2):
             raise ValueError(f"landmarks: expected (B, {self.fitter.pdm.num_points}, 2), found {tuple(landmarks.shape)}")
+        finite = torch.isfinite(landmarks).all(-1)                                   # (B, n)
+        few = finite.sum(1) < MIN_REFINE_POINTS
+        if bool(few.any()):
+            raise ValueError(f"landmarks: expected at least {MIN_REFINE_POINTS} finite points per face; fewer in "
+                             f"face(s) {few.nonzero().flatten().tolist()}")
         index = _as_index(image_index, landmarks.shape[0], grey.shape[0], self.device)
-        g, p = self.fitter.pdm.params_from_landmarks(landmarks)
+        g, p = self.fitter.pdm.params_from_landmarks(landmarks, None if bool(finite.all()) else finite)
         state = self.fitter.fit(grey, index, g, p, window_sizes or self.config.tracking_window_sizes)
         return self._result(state, batch, index)
 
