@@ -92,6 +92,19 @@ def test_refine_with_missing_points(model, media_dir, reference_dir):
     assert median[[0, 2, 3, 4, 5]].max() < 0.1 and median[1] < 0.5, median
 
 
+def test_no_faces_give_an_empty_result(model):
+    """No boxes, no landmarks, no previous faces (a frame where another detector found none):
+    empty results of the right shapes, as when MTCNN finds no face."""
+    image = np.zeros((100, 120), np.uint8)
+    none = model.fit([image], torch.zeros(0, 4), image_index=[])
+    refined = model.refine([image], torch.zeros(0, 68, 2), image_index=[])
+    tracked = model.track([image], none, image_index=[])
+    detected = model.fit([image])
+    for result in (none, refined, tracked, detected):
+        assert len(result) == 0 and result.landmarks.shape == (0, 68, 2) and result.params_local.shape == (0, 34)
+        assert result.landmarks_3d.shape == (0, 68, 3) and result.success.shape == result.image_index.shape == (0,)
+
+
 def test_tensor_and_grey_inputs_agree(model, media_dir, reference_dir):
     record = rows(reference_dir / "openface_cpp/images_default.csv")[1]
     bgr = cv2.imread(str(media_dir / record["file_or_frame"]))

@@ -205,6 +205,8 @@ class LandmarkModel(nn.Module):
             raise ValueError(f"boxes: expected finite x, y, width, height; not finite: box(es) "
                              f"{broken.nonzero().flatten().tolist()}")
         index = _as_index(image_index, boxes.shape[0], grey.shape[0], self.device)
+        if not len(index):                                 # no boxes (a frame where a detector found none)
+            return self._empty(batch)
         fitter = self.fitter
         if not multi_view:
             g = fitter.pdm.params_from_box(boxes)
@@ -241,6 +243,8 @@ class LandmarkModel(nn.Module):
             raise ValueError(f"landmarks: expected at least {MIN_REFINE_POINTS} finite points per face; fewer in "
                              f"face(s) {few.nonzero().flatten().tolist()}")
         index = _as_index(image_index, landmarks.shape[0], grey.shape[0], self.device)
+        if not len(index):
+            return self._empty(batch)
         g, p = self.fitter.pdm.params_from_landmarks(landmarks, None if bool(finite.all()) else finite)
         state = self.fitter.fit(grey, index, g, p, window_sizes or self.config.tracking_window_sizes)
         return self._result(state, batch, index)
@@ -257,6 +261,8 @@ class LandmarkModel(nn.Module):
         batch = self.prepare(images)
         grey = batch.padded
         index = _as_index(image_index, len(previous), grey.shape[0], self.device)
+        if not len(index):
+            return self._empty(batch)
         ok = previous.success.to(self.device)
         fitter = self.fitter
         g, p = previous.params_global.to(self.device, self.dtype), previous.params_local.to(self.device, self.dtype)
