@@ -72,8 +72,8 @@ def camera(sizes: torch.Tensor) -> torch.Tensor:
     return torch.stack([f, sizes[:, 0] / 2, sizes[:, 1] / 2], 1)
 
 
-# the fewest given points :meth:`LandmarkModel.refine` starts a face from (its scale, rotation and
-# position need three points not on one line)
+# the fewest given points :meth:`LandmarkModel.refine` starts a face from (fewer cannot fix its
+# scale, rotation and position)
 MIN_REFINE_POINTS = 3
 
 
