@@ -1,3 +1,5 @@
+import pytest
+
 from torch_clnf.cli import main
 
 
@@ -129,6 +131,10 @@ def test_image_command_checks_its_input(tmp_path, capsys):
     assert "--batch must be at least 1" in capsys.readouterr().err
     assert main(["image", str(tmp_path), "--box", "1,2,3,4", "--box", "1,2,3,4"]) == 2
     assert "2 boxes for 1 images" in capsys.readouterr().err
+    for box in ("1,2,3", "nan,2,3,4", "1,2,inf,4", "1,2,0,4"):
+        with pytest.raises(SystemExit):
+            main(["image", str(tmp_path), "--box", box])
+        assert f"expected four numbers x,y,width,height with width, height > 0, found '{box}'" in capsys.readouterr().err
 
 
 def test_video_command_checks_its_numbers(media_dir, capsys):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import math
 import sys
 import time
 from pathlib import Path
@@ -18,8 +19,9 @@ def _box(text: str) -> list[float]:
         values = [float(v) for v in text.split(",")]
     except ValueError:
         values = []
-    if len(values) != 4 or values[2] <= 0 or values[3] <= 0:
-        raise argparse.ArgumentTypeError(f"expected x,y,width,height with width, height > 0, found {text!r}")
+    if len(values) != 4 or not all(map(math.isfinite, values)) or values[2] <= 0 or values[3] <= 0:
+        raise argparse.ArgumentTypeError(f"expected four numbers x,y,width,height with width, height > 0, "
+                                         f"found {text!r}")
     return values
 
 
