@@ -205,8 +205,6 @@ class LandmarkModel(nn.Module):
             raise ValueError(f"boxes: expected finite x, y, width, height; not finite: box(es) "
                              f"{broken.nonzero().flatten().tolist()}")
         index = _as_index(image_index, boxes.shape[0], grey.shape[0], self.device)
-        if not len(index):                                 # no boxes (a frame where a detector found none)
-            return self._empty(batch)
         fitter = self.fitter
         if not multi_view:
             g = fitter.pdm.params_from_box(boxes)
@@ -243,8 +241,6 @@ class LandmarkModel(nn.Module):
             raise ValueError(f"landmarks: expected at least {MIN_REFINE_POINTS} finite points per face; fewer in "
                              f"face(s) {few.nonzero().flatten().tolist()}")
         index = _as_index(image_index, landmarks.shape[0], grey.shape[0], self.device)
-        if not len(index):
-            return self._empty(batch)
         g, p = self.fitter.pdm.params_from_landmarks(landmarks, None if bool(finite.all()) else finite)
         state = self.fitter.fit(grey, index, g, p, window_sizes or self.config.tracking_window_sizes)
         return self._result(state, batch, index)
@@ -261,13 +257,11 @@ class LandmarkModel(nn.Module):
         batch = self.prepare(images)
         grey = batch.padded
         index = _as_index(image_index, len(previous), grey.shape[0], self.device)
-        if not len(index):
-            return self._empty(batch)
         ok = previous.success.to(self.device)
         fitter = self.fitter
         g, p = previous.params_global.to(self.device, self.dtype), previous.params_local.to(self.device, self.dtype)
         small = window_sizes or self.config.tracking_window_sizes
-        state = fitter.fit(grey, index, g, p, small, ok) if bool(ok.any()) else None
+        state = fitter.fit(grey, index, g, p, small, ok) if bool(ok.any()) or not len(ok) else None   # no faces: empty
         if not bool(ok.all()):
             retry = fitter.fit(grey, index, g, p, self.config.window_sizes, ~ok)
             state = retry if state is None else _merge(state, retry, ok)

@@ -126,7 +126,7 @@ class PointDistributionModel(nn.Module):
         d_rot = cross(shape.unsqueeze(2), scaled_top.unsqueeze(1))                    # (B, n, 2, 3)
         columns = [rotated.unsqueeze(-1), d_rot, self._translation_columns(batch)]
         if not rigid:
-            columns.append((scaled_top @ self._basis_by_axis).view(batch, 2, n, -1).transpose(1, 2))   # (B, n, 2, m)
+            columns.append((scaled_top @ self._basis_by_axis).view(batch, 2, n, self.num_modes).transpose(1, 2))  # (B, n, 2, m)
         return landmarks, torch.cat(columns, -1)
 
     def _translation_columns(self, batch: int) -> torch.Tensor:
