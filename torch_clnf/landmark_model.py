@@ -241,7 +241,7 @@ class LandmarkModel(nn.Module):
             raise ValueError(f"landmarks: expected at least {MIN_REFINE_POINTS} finite points per face; fewer in "
                              f"face(s) {few.nonzero().flatten().tolist()}")
         index = _as_index(image_index, landmarks.shape[0], grey.shape[0], self.device)
-        g, p = self.fitter.pdm.params_from_landmarks(landmarks, None if bool(finite.all()) else finite)
+        g, p = self.fitter.pdm.params_from_landmarks(landmarks, finite)
         state = self.fitter.fit(grey, index, g, p, window_sizes or self.config.tracking_window_sizes)
         return self._result(state, batch, index)
 
