@@ -8,7 +8,13 @@ import torch
 
 import torch_clnf
 from reference import boxes, landmarks, rows
+from tolerances import FLOAT32_SPREAD_FULL_FIT, FLOAT32_SPREAD_FULL_FIT_MEDIAN, FLOAT32_SPREAD_TRACKING_FRAME
 from torch_clnf.fitting import FitConfig
+
+# float64 fits against the C++'s, per image, px (measured: medians up to 0.045, maxima up to 0.29,
+# on sample5, whose float32 C++ fit is itself chaotic)
+FLOAT64_IMAGE_MEDIAN = 0.05
+FLOAT64_IMAGE_MAX = 0.35
 
 
 @pytest.fixture(scope="module")
@@ -16,29 +22,61 @@ def model(models_dir, tmp_path_factory):
     return torch_clnf.load_model("main_clnf_general.txt", models=models_dir, cache=tmp_path_factory.mktemp("cache"))
 
 
+@pytest.fixture(scope="module")
+def model64(models_dir, tmp_path_factory):
+    """float64: a batch, or sums in another order, give the same landmarks on every CPU (tests/tolerances.py)."""
+    return torch_clnf.load_model("main_clnf_general.txt", models=models_dir, cache=tmp_path_factory.mktemp("cache"),
+                                 dtype=torch.float64)
+
+
 def distances(result, records) -> torch.Tensor:
     return (result.landmarks.double() - landmarks(records)).norm(dim=-1)
 
 
-@pytest.mark.parametrize("variant", ["default", "nohier"])
-def test_images_match_openface(model, media_dir, reference_dir, variant):
+def fit_reference_images(model, media_dir, reference_dir, variant):
+    """OpenFace's six sample images fitted from the C++'s boxes, with or without the part models."""
     records = rows(reference_dir / f"openface_cpp/images_{variant}.csv")
     config = dataclasses.replace(model.config, refine_hierarchical=variant == "default")
     fitter_config, model.fitter.config = model.fitter.config, config
     try:
-        result = model.fit([media_dir / r["file_or_frame"] for r in records], boxes(records))
+        return model.fit([media_dir / r["file_or_frame"] for r in records], boxes(records)), records
     finally:
         model.fitter.config = fitter_config
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("variant", ["default", "nohier"])
+def test_images_match_openface(model, media_dir, reference_dir, variant):
+    """float32: per image, the float64 bounds plus twice what float32 rounding alone moves the fit
+    (tests/tolerances.py)."""
+    result, records = fit_reference_images(model, media_dir, reference_dir, variant)
     d = distances(result, records)
-    assert d.median() <= 0.5, d.median(1).values
-    assert (d.mean(1) <= 1.5).all(), d.mean(1)
+    assert (d.median(1).values <= FLOAT64_IMAGE_MEDIAN + 2 * FLOAT32_SPREAD_FULL_FIT_MEDIAN).all(), d.median(1).values
+    assert (d.amax(1) <= FLOAT64_IMAGE_MAX + 2 * FLOAT32_SPREAD_FULL_FIT).all(), d.amax(1)
     assert result.success.all()
     assert result.landmarks.shape == (6, 68, 2) and result.landmarks_3d.shape == (6, 68, 3)
     assert result.pose.shape == (6, 6) and result.params_local.shape == (6, 34)
     torch.testing.assert_close(result.pose[:, 3:], result.params_global[:, 1:4])
 
 
+@pytest.mark.parity
+@pytest.mark.parametrize("variant", ["default", "nohier"])
+def test_images_match_openface_in_float64(model64, media_dir, reference_dir, variant):
+    """float64: the same on every CPU, so the README's accuracy table holds as measured; success
+    and the validator's certainty as the C++'s."""
+    result, records = fit_reference_images(model64, media_dir, reference_dir, variant)
+    d = distances(result, records)
+    assert (d.median(1).values <= FLOAT64_IMAGE_MEDIAN).all(), d.median(1).values
+    assert (d.amax(1) <= FLOAT64_IMAGE_MAX).all(), d.amax(1)
+    assert result.success.tolist() == [r["success"] == "1" for r in records]
+    expected = torch.tensor([float(r["certainty"]) for r in records], dtype=torch.float64)
+    torch.testing.assert_close(result.confidence, expected, atol=1e-3, rtol=0)
+
+
+@pytest.mark.parity
 def test_image_sequence_tracking_matches_openface(model, media_dir, reference_dir):
+    """fit, then track, frame by frame (float32: each frame's mean within the float64 tracking
+    bound of tests/pipelines/test_tracker.py plus twice float32's spread)."""
     records = rows(reference_dir / "openface_cpp/seq_image_sequence.csv")
     result = None
     for r in records:
@@ -48,10 +86,12 @@ def test_image_sequence_tracking_matches_openface(model, media_dir, reference_di
         else:
             result = model.track([frame], result)
         d = distances(result, [r])
-        assert d.median() <= 0.5 and d.mean() <= 1.5, (r["file_or_frame"], d.median().item(), d.mean().item())
+        assert d.mean() <= 0.5 + 2 * FLOAT32_SPREAD_TRACKING_FRAME, (r["file_or_frame"], d.mean().item())
 
 
-def test_batch_equals_one_at_a_time(model, media_dir, reference_dir):
+@pytest.mark.parity
+def test_batch_equals_one_at_a_time(model64, media_dir, reference_dir):
+    model = model64
     records = rows(reference_dir / "openface_cpp/images_default.csv")
     images = [cv2.imread(str(media_dir / r["file_or_frame"])) for r in records]
     # two boxes in one image, and an image of another size, in one batch
@@ -61,7 +101,7 @@ def test_batch_equals_one_at_a_time(model, media_dir, reference_dir):
     shifted = model.fit([images[0]], boxes(records[:1]) + 1)
     other = model.fit([images[3]], boxes(records[3:4]))
     for k, single in enumerate((one, shifted, other)):
-        assert (batch.landmarks[k] - single.landmarks[0]).abs().max() < 0.1      # float32 sums in other orders
+        assert (batch.landmarks[k] - single.landmarks[0]).abs().max() < 1e-6
     assert batch.image_index.tolist() == [0, 0, 1]
 
 
@@ -75,10 +115,12 @@ def test_refine_from_perturbed_landmarks(model, media_dir, reference_dir):
     assert after < 0.5 * before, (before, after)
 
 
-def test_refine_with_missing_points(model, media_dir, reference_dir):
+def test_refine_with_missing_points(model64, media_dir, reference_dir):
     """Landmarks with points missing (NaN): every 7th point of five faces, the whole jaw of one.
     The start is fitted to the given points, and the fits land where they land from all points:
-    the same within rounding where few points are missing, close where the jaw is."""
+    the same within rounding where few points are missing, close where the jaw is (float64, so
+    that the comparison is of the two starts, not of float32 rounding: tests/tolerances.py)."""
+    model = model64
     records = rows(reference_dir / "openface_cpp/images_default.csv")
     given = landmarks(records).float()
     missing = given.clone()
@@ -169,13 +211,15 @@ def test_float64_and_config(models_dir, media_dir, reference_dir, tmp_path):
     assert distances(result, records).median() < 0.05
 
 
-def test_track_refits_failed_faces_from_scratch_windows(model, media_dir, reference_dir):
+@pytest.mark.parity
+def test_track_refits_failed_faces_from_scratch_windows(model64, media_dir, reference_dir):
     """A face whose previous fit failed is refitted with the full window sizes, the others tracked."""
+    model = model64
     records = rows(reference_dir / "openface_cpp/images_default.csv")[:1]
     image = cv2.imread(str(media_dir / records[0]["file_or_frame"]))
     first = model.fit([image, image], torch.cat([boxes(records), torch.tensor([[5.0, 5.0, 6.0, 6.0]])]), image_index=[0, 0])
     assert first.success.tolist() == [True, False]
     again = model.track([image], first, image_index=[0, 0])
     tracked_alone = model.track([image], first[0])
-    torch.testing.assert_close(again.landmarks[0], tracked_alone.landmarks[0], atol=0.1, rtol=0)
+    torch.testing.assert_close(again.landmarks[0], tracked_alone.landmarks[0], atol=1e-6, rtol=0)
     assert len(again) == 2 and again.image_index.tolist() == [0, 0]

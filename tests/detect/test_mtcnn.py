@@ -7,6 +7,8 @@ import torch
 from reference import boxes, rows
 from torch_clnf.detect.mtcnn import apply_correction, largest, load_mtcnn, rectify, suppress
 
+pytestmark = pytest.mark.parity
+
 
 @pytest.fixture(scope="module")
 def detector(models_dir):

@@ -9,6 +9,8 @@ from torch_clnf.detect.validator import VALIDATION_BOUNDARY, DetectionValidator,
 from torch_clnf.images import batch_images, read_image, to_grey
 from torch_clnf.openface.validator import read_validator
 
+pytestmark = pytest.mark.parity
+
 # OpenFace's certainty is one of 30 levels 1 - (2k + 1) / 60, stored as float32.
 TOLERANCE = 1e-6
 

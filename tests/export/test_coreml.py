@@ -15,6 +15,7 @@ ct = pytest.importorskip("coremltools")
 
 from export.coreml import convert_graph, describe
 from export.modules import ExpertGraph
+from tolerances import FLOAT32_SPREAD_SHORT_FIT
 
 on_macos = pytest.mark.skipif(sys.platform != "darwin", reason="the Core ML runtime exists only on macOS")
 
@@ -69,9 +70,11 @@ def test_experts_run_like_torch(packages, name):
 
 @on_macos
 def test_fit_runs_like_torch(packages, reference_faces):
+    """Within what float32 rounding alone moves this fit (tests/tolerances.py): Core ML's kernels
+    round differently from torch's, and Core ML has no float64 to check it exactly."""
     graph, path = packages["fit"]
     padded, index, params_global, params_local = reference_faces
     found = predict(path, dict(zip(graph.inputs, reference_faces)))
     with torch.inference_mode():
         expected = graph.fitter.fit(padded, index, params_global, params_local, graph.window_sizes, parts=False)
-    assert (found["landmarks"] - expected.landmarks).abs().max() < 0.05
+    assert (found["landmarks"] - expected.landmarks).norm(dim=-1).max() < 2 * FLOAT32_SPREAD_SHORT_FIT

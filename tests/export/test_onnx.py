@@ -10,8 +10,11 @@ pytest.importorskip("onnxruntime")
 from export.graphs import default_folder
 from export.modules import ExpertGraph, FitGraph, load_fitter
 from export.onnx import export_graph, main, run, session
+from tolerances import FLOAT32_SPREAD_SHORT_FIT, FLOAT32_SPREAD_SHORT_FIT_MEDIAN
 from torch_clnf.fitting import FitConfig
 from torch_clnf.weights import cache_dir
+
+pytestmark = pytest.mark.parity
 
 
 def names(items) -> list[str]:
@@ -45,6 +48,9 @@ def test_cen_experts_match_torch(cen_experts, sparse, tmp_path):
 
 
 def test_fit_matches_torch_on_reference_images(fit_graph, fit_program, reference_faces, tmp_path):
+    """The float32 graph in onnxruntime: its names and shapes, and landmarks within what float32
+    rounding alone moves this fit (another library's kernels are such a rounding: twice the
+    spread of tests/tolerances.py); the exact match is checked in float64 below."""
     path = export_graph(fit_graph, tmp_path / "fit.onnx", fit_program)
     runtime = session(path)
     assert names(runtime.get_inputs()) == ["padded", "image_index", "params_global", "params_local"]
@@ -53,19 +59,20 @@ def test_fit_matches_torch_on_reference_images(fit_graph, fit_program, reference
     landmarks, found_global, found_local, likelihood = run(runtime, padded, index, params_global, params_local)
     with torch.inference_mode():                     # the normal torch path: early exits, faces grouped by view
         expected = fit_graph.fitter.fit(padded, index, params_global, params_local, fit_graph.window_sizes, parts=False)
-    assert landmarks.shape == (6, 68, 2)
-    assert (landmarks - expected.landmarks).abs().max() < 0.01
-    torch.testing.assert_close(found_local, expected.params_local, atol=0.05, rtol=0)
+    assert landmarks.shape == (6, 68, 2) and found_global.shape == (6, 6) and found_local.shape == (6, 34)
+    d = (landmarks - expected.landmarks).norm(dim=-1)
+    assert (d.amax(1) < 2 * FLOAT32_SPREAD_SHORT_FIT).all(), d.amax(1)
+    assert (d.median(1).values < 2 * FLOAT32_SPREAD_SHORT_FIT_MEDIAN).all(), d.median(1).values
     torch.testing.assert_close(likelihood, expected.likelihood, atol=1e-3, rtol=0)
     alone = run(runtime, padded[2:3], torch.zeros(1, dtype=torch.long), params_global[2:3], params_local[2:3])[0]
-    assert (alone[0] - expected.landmarks[2]).abs().max() < 0.01
+    assert (alone[0] - expected.landmarks[2]).norm(dim=-1).max() < 2 * FLOAT32_SPREAD_SHORT_FIT
 
 
 @pytest.mark.slow
 def test_float64_whole_fit_matches_torch_on_every_reference_image(models_dir, reference_faces, tmp_path):
     """OpenFace's whole default fit (windows 11, 9, 7; 5 iterations per phase), exported in float64:
-    onnxruntime's landmarks within 0.01 px of torch's normal float64 path on all six images (in
-    float32, sample5's fit is chaotic: 1e-7 changes of its start move it by tenths of a pixel)."""
+    onnxruntime's landmarks within 0.01 px of torch's normal float64 path on all six images, on
+    every CPU (in float64 rounding does not reach the fit's discontinuities: tests/tolerances.py)."""
     fitter = load_fitter("main_clnf_general.txt", models_dir, FitConfig(), tmp_path / "cache", torch.float64)
     graph = FitGraph(fitter, (11, 9, 7))
     runtime = session(export_graph(graph, tmp_path / "fit64.onnx"))

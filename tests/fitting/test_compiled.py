@@ -1,5 +1,9 @@
 """FitConfig(compile=True): NU-RLMS phases and CalcParams through torch.compile give the eager fit's landmarks,
-and a compilation failure falls back to eager iterations with a warning."""
+and a compilation failure falls back to eager iterations with a warning.
+
+Compiled against eager is checked in float64: TorchInductor's fused kernels round differently
+from ATen's, and in float32 such differences cross the fit's discontinuities (see
+tests/tolerances.py); in float64 they do not, so the two must agree to 1e-6 px on every CPU."""
 from __future__ import annotations
 
 import cv2
@@ -10,6 +14,8 @@ import torch_clnf
 from reference import boxes, rows
 from torch_clnf.fitting import FitConfig
 from torch_clnf.models import compiling
+
+pytestmark = pytest.mark.parity
 
 # one scale, no parts: two graphs (rigid, non-rigid) to compile, well under a minute
 CONFIG = dict(window_sizes=(11, 0, 0, 0), refine_hierarchical=False, validate=False)
@@ -25,16 +31,17 @@ def sample(media_dir, reference_dir):
 
 def test_compiled_iterations_match_eager(models_dir, sample, tmp_path):
     images, face_boxes = sample
-    eager = torch_clnf.load_model(models=models_dir, cache=tmp_path, config=FitConfig(**CONFIG), detector=False)
+    eager = torch_clnf.load_model(models=models_dir, cache=tmp_path, config=FitConfig(**CONFIG), detector=False,
+                                  dtype=torch.float64)
     fast = torch_clnf.load_model(models=models_dir, cache=tmp_path, config=FitConfig(compile=True, **CONFIG),
-                                 detector=False)
+                                 detector=False, dtype=torch.float64)
     expected = eager.fit(images, face_boxes)
     found = fast.fit(images, face_boxes)
     assert not compiling._broken
-    assert (found.landmarks - expected.landmarks).norm(dim=-1).max() < 0.01
+    assert (found.landmarks - expected.landmarks).norm(dim=-1).max() < 1e-6
     assert torch.equal(found.success, expected.success)
     again = fast.fit(images[:1], face_boxes[:1])                     # another batch size
-    assert (again.landmarks[0] - expected.landmarks[0]).norm(dim=-1).max() < 0.01
+    assert (again.landmarks[0] - expected.landmarks[0]).norm(dim=-1).max() < 1e-6
 
 
 def test_a_compilation_failure_runs_eagerly(models_dir, sample, tmp_path, monkeypatch):

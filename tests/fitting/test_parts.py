@@ -8,6 +8,8 @@ import torch
 import torch_clnf
 from reference import boxes, rows
 
+pytestmark = pytest.mark.parity
+
 
 @pytest.fixture(scope="module")
 def model(models_dir, tmp_path_factory):

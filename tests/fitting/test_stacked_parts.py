@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import cv2
+import pytest
 import torch
 
 import torch_clnf
 from reference import boxes, rows
+
+pytestmark = pytest.mark.parity
 
 
 def test_eyes_are_stacked_and_fit_as_one_after_the_other(models_dir, media_dir, reference_dir, tmp_path, monkeypatch):

@@ -9,6 +9,8 @@ import torch
 from torch_clnf.models import CCNFExperts
 from torch_clnf.openface import read_ccnf
 
+pytestmark = pytest.mark.parity
+
 
 @pytest.fixture(scope="module")
 def data(models_dir):

@@ -9,6 +9,8 @@ from openface_files import mat, write_cen_file
 from torch_clnf.models import CENExperts, sparse_positions
 from torch_clnf.openface import read_cen
 
+pytestmark = pytest.mark.parity
+
 
 def network(layers, activations, area: np.ndarray) -> np.ndarray:
     """One expert on one area, from the definition: each 11x11 window read column by column,

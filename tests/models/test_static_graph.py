@@ -10,6 +10,8 @@ from torch_clnf.models.linalg import inverse, solve
 from torch_clnf.models.sync import fixed_iterations, static_graph, syncs_cheaply
 from torch_clnf.openface import read_ccnf, read_cen
 
+pytestmark = pytest.mark.parity
+
 
 def test_the_flag_nests_and_turns_host_reads_off():
     cpu = torch.zeros(1)

@@ -7,12 +7,19 @@ import torch
 
 import torch_clnf
 from reference import landmarks, rows
+from tolerances import FLOAT32_SPREAD_TRACKING_FRAME, FLOAT32_SPREAD_TRACKING_MEDIAN
 from torch_clnf.pipelines import FrameReader, Tracker
 
 
 @pytest.fixture(scope="module")
 def model(models_dir, tmp_path_factory):
     return torch_clnf.load_model("main_clnf_general.txt", models=models_dir, cache=tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(scope="module")
+def model64(models_dir, tmp_path_factory):
+    return torch_clnf.load_model("main_clnf_general.txt", models=models_dir, cache=tmp_path_factory.mktemp("cache"),
+                                 dtype=torch.float64)
 
 
 def track(model, source, frames=None):
@@ -27,26 +34,58 @@ def track(model, source, frames=None):
     return fits
 
 
-@pytest.mark.parametrize("source, reference", [("default.wmv", "video_default.csv"),
-                                               ("changeLighting.wmv", "video_changeLighting.csv"),
-                                               ("image_sequence", "seq_image_sequence.csv")])
+SOURCES = [("default.wmv", "video_default.csv"), ("changeLighting.wmv", "video_changeLighting.csv"),
+           ("image_sequence", "seq_image_sequence.csv")]
+
+# float64 tracks against the C++'s, px (measured: median 0.0095–0.0153, worst frame's mean 0.365
+# and max 1.32 on default.wmv's frame where the C++'s float32 track itself took another branch)
+FLOAT64_TRACK_MEDIAN = 0.02
+FLOAT64_TRACK_FRAME = 0.5
+FLOAT64_TRACK_MAX = 1.5
+
+
+def compare(fits, records) -> dict:
+    d = torch.stack([(fit.result.landmarks[0].double() - landmarks([r])[0]).norm(dim=-1) for fit, r in zip(fits, records)])
+    ours = torch.tensor([bool(fit.result.success[0]) for fit in fits])
+    certainty = torch.tensor([float(fit.result.confidence[0]) for fit in fits], dtype=torch.float64)
+    return {"distances": d, "frame_means": d.mean(1), "cpp_success": torch.tensor([r["success"] == "1" for r in records]),
+            "success": ours, "certainty_error": (certainty - torch.tensor([float(r["certainty"]) for r in records])).abs()}
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("source, reference", SOURCES)
 def test_tracking_matches_openface(model, media_dir, reference_dir, source, reference):
+    """float32: the float64 bounds (FLOAT64_TRACK_*) plus twice what float32 rounding alone moves a track
+    (tests/tolerances.py), on frames where the C++ succeeded; success on 98% of frames (a frame
+    that rounding moves by a pixel can change the validator's certainty by one level)."""
     records = rows(reference_dir / "openface_cpp" / reference)
     fits = track(model, media_dir / source)
     assert len(fits) == len(records)
     assert fits[0].detected and fits[0].face_id == 0
-    d = torch.stack([(fit.result.landmarks[0].double() - landmarks([r])[0]).norm(dim=-1) for fit, r in zip(fits, records)])
-    assert d.median() <= 1.0, d.median()
-    cpp_failed = torch.tensor([r["success"] == "0" for r in records])
-    frame_means = d.mean(1)
-    assert ((frame_means <= 3.0) | cpp_failed).all(), frame_means.max()
-    ours = torch.tensor([bool(fit.result.success[0]) for fit in fits])
-    assert (ours == ~cpp_failed).float().mean() >= 0.95
+    found = compare(fits, records)
+    assert found["distances"].median() <= FLOAT64_TRACK_MEDIAN + 2 * FLOAT32_SPREAD_TRACKING_MEDIAN
+    frame_bound = FLOAT64_TRACK_FRAME + 2 * FLOAT32_SPREAD_TRACKING_FRAME
+    assert ((found["frame_means"] <= frame_bound) | ~found["cpp_success"]).all(), found["frame_means"].max()
+    assert (found["success"] == found["cpp_success"]).float().mean() >= 0.98
 
 
-def test_streams_in_lockstep_equal_one_at_a_time(models_dir, media_dir, tmp_path):
-    """In float64 (float32 sums in another order differ by a few hundredths of a pixel)."""
-    model = torch_clnf.load_model("main_clnf_general.txt", models=models_dir, cache=tmp_path, dtype=torch.float64)
+@pytest.mark.parity
+@pytest.mark.parametrize("source, reference", SOURCES)
+def test_tracking_matches_openface_in_float64(model64, media_dir, reference_dir, source, reference):
+    """float64: the same on every CPU (tests/tolerances.py), so the README's table holds as
+    measured: success and certainty equal to the C++'s on every frame."""
+    records = rows(reference_dir / "openface_cpp" / reference)
+    found = compare(track(model64, media_dir / source), records)
+    assert found["distances"].median() <= FLOAT64_TRACK_MEDIAN, found["distances"].median()
+    assert found["frame_means"].max() <= FLOAT64_TRACK_FRAME and found["distances"].max() <= FLOAT64_TRACK_MAX
+    assert torch.equal(found["success"], found["cpp_success"])
+    assert (found["certainty_error"] < 1e-3).all(), found["certainty_error"].max()
+
+
+@pytest.mark.parity
+def test_streams_in_lockstep_equal_one_at_a_time(model64, media_dir):
+    """In float64, where sums in another order cannot cross the fit's discontinuities (tests/tolerances.py)."""
+    model = model64
     sources = [media_dir / "changeLighting.wmv", media_dir / "image_sequence", media_dir / "default.wmv"]
     count = 8
     alone = [track(model, s, count) for s in sources]
