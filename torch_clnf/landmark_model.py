@@ -1,6 +1,7 @@
 """The public API: ``load_model`` → ``LandmarkModel.fit / refine / track`` → ``FitResult``."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Sequence, Union
@@ -9,11 +10,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from .devices import checked_device
 from .fitting import ROTATION_HYPOTHESES, FitConfig, FitState, ModelFitter, fit_hypotheses
 from .fitting.sampling import MARGIN
 from .images import ImageBatch, ImageLike, as_array, prepare_images
 from .memory import keep_freed_memory
 from .openface import OpenFaceModel, read_main_spec
+from .threads import call_threads, torch_threads
 from .weights import load_weights, resolve_spec
 
 Images = Union[Sequence[ImageLike], ImageLike, ImageBatch]
@@ -96,7 +99,13 @@ class LandmarkModel(nn.Module):
         >>> result = model.fit(["face.jpg"], torch.tensor([[110.8, 111.1, 185.2, 164.1]]))
         >>> result.landmarks.shape
         torch.Size([1, 68, 2])
+
+    Attributes:
+        threads: torch threads for each call; None (default) chooses them per call from its work
+            and the free cores (:mod:`torch_clnf.threads`: one for a few faces).
     """
+
+    threads: int | None = None
 
     def __init__(self, model: OpenFaceModel, config: FitConfig | None = None, dtype: torch.dtype = torch.float32,
                  validator: nn.Module | None = None, detector: nn.Module | None = None) -> None:
@@ -169,10 +178,17 @@ class LandmarkModel(nn.Module):
             raise RuntimeError("this model has no face detector: load it with load_model(..., detector=True) from a "
                                "model folder that holds mtcnn_detector/MTCNN_detector.txt, or pass boxes")
         if isinstance(images, ImageBatch):
-            return self.detector.detect(images.originals)
-        if isinstance(images, (str, Path, np.ndarray, torch.Tensor)):
-            images = [images]
-        return self.detector.detect([as_array(image) for image in images])
+            arrays = images.originals
+        else:
+            if isinstance(images, (str, Path, np.ndarray, torch.Tensor)):
+                images = [images]
+            arrays = [as_array(image) for image in images]
+        with self._threads(pixels=sum(a.shape[0] * a.shape[1] for a in arrays)):
+            return self.detector.detect(arrays)
+
+    def _threads(self, faces: int = 0, pixels: int = 0):
+        """torch's threads for a call on ``faces`` faces or ``pixels`` pixels (see :attr:`threads`)."""
+        return torch_threads(call_threads(self.threads, faces, pixels))
 
     @torch.inference_mode()
     def fit(self, images: Images, boxes: torch.Tensor | Sequence[Sequence[float]] | None = None,
@@ -189,6 +205,7 @@ class LandmarkModel(nn.Module):
                 11 times the work for CLNF; for CE-CLM, 11 first-scale fits and one to three complete ones.
         """
         batch = self.prepare(images)
+        given = boxes is not None
         if boxes is None:
             found = self.detect(batch)
             image_index = [k for k, d in enumerate(found) for _ in range(len(d.boxes))]
@@ -205,16 +222,21 @@ class LandmarkModel(nn.Module):
             raise ValueError(f"boxes: expected finite x, y, width, height; not finite: box(es) "
                              f"{broken.nonzero().flatten().tolist()}")
         index = _as_index(image_index, boxes.shape[0], grey.shape[0], self.device)
+        if given:
+            _warn_outside(boxes, batch.sizes[index])
         fitter = self.fitter
         if not multi_view:
-            g = fitter.pdm.params_from_box(boxes)
-            state = fitter.fit(grey, index, g, g.new_zeros(g.shape[0], fitter.pdm.num_modes), self.config.window_sizes)
-            return self._result(state, batch, index)
+            with self._threads(faces=boxes.shape[0]):
+                g = fitter.pdm.params_from_box(boxes)
+                state = fitter.fit(grey, index, g, g.new_zeros(g.shape[0], fitter.pdm.num_modes),
+                                   self.config.window_sizes)
+                return self._result(state, batch, index)
         hypotheses = torch.tensor(ROTATION_HYPOTHESES, dtype=self.dtype, device=self.device)   # (H, 3)
         count, h = boxes.shape[0], hypotheses.shape[0]
-        g = fitter.pdm.params_from_box(boxes.repeat_interleave(h, 0), hypotheses.repeat(count, 1)).view(count, h, 6)
-        state = fit_hypotheses(fitter, grey, index, g, self.config.window_sizes, self.early_termination)
-        return self._result(state, batch, index)
+        with self._threads(faces=count * h):
+            g = fitter.pdm.params_from_box(boxes.repeat_interleave(h, 0), hypotheses.repeat(count, 1)).view(count, h, 6)
+            state = fit_hypotheses(fitter, grey, index, g, self.config.window_sizes, self.early_termination)
+            return self._result(state, batch, index)
 
     @torch.inference_mode()
     def refine(self, images: Images, landmarks: torch.Tensor,
@@ -241,9 +263,10 @@ class LandmarkModel(nn.Module):
             raise ValueError(f"landmarks: expected at least {MIN_REFINE_POINTS} finite points per face; fewer in "
                              f"face(s) {few.nonzero().flatten().tolist()}")
         index = _as_index(image_index, landmarks.shape[0], grey.shape[0], self.device)
-        g, p = self.fitter.pdm.params_from_landmarks(landmarks, finite)
-        state = self.fitter.fit(grey, index, g, p, window_sizes or self.config.tracking_window_sizes)
-        return self._result(state, batch, index)
+        with self._threads(faces=landmarks.shape[0]):
+            g, p = self.fitter.pdm.params_from_landmarks(landmarks, finite)
+            state = self.fitter.fit(grey, index, g, p, window_sizes or self.config.tracking_window_sizes)
+            return self._result(state, batch, index)
 
     @torch.inference_mode()
     def track(self, images: Images, previous: FitResult,
@@ -261,11 +284,26 @@ class LandmarkModel(nn.Module):
         fitter = self.fitter
         g, p = previous.params_global.to(self.device, self.dtype), previous.params_local.to(self.device, self.dtype)
         small = window_sizes or self.config.tracking_window_sizes
-        state = fitter.fit(grey, index, g, p, small, ok) if bool(ok.any()) or not len(ok) else None   # no faces: empty
-        if not bool(ok.all()):
-            retry = fitter.fit(grey, index, g, p, self.config.window_sizes, ~ok)
-            state = retry if state is None else _merge(state, retry, ok)
-        return self._result(state, batch, index)
+        with self._threads(faces=len(ok)):
+            state = fitter.fit(grey, index, g, p, small, ok) if bool(ok.any()) or not len(ok) else None  # no faces: empty
+            if not bool(ok.all()):
+                retry = fitter.fit(grey, index, g, p, self.config.window_sizes, ~ok)
+                state = retry if state is None else _merge(state, retry, ok)
+            return self._result(state, batch, index)
+
+
+def _warn_outside(boxes: torch.Tensor, sizes: torch.Tensor) -> None:
+    """A warning naming the (B, 4) boxes less than half inside their images of (B, 2) (width,
+    height) pixels: a box for another image, or corners given where x, y, width, height are meant."""
+    low = boxes[:, :2].clamp(min=0)
+    high = torch.minimum(boxes[:, :2] + boxes[:, 2:], sizes)
+    inside = (high - low).clamp(min=0).prod(1) / (boxes[:, 2] * boxes[:, 3]).clamp(min=1e-12)
+    outside = (inside < 0.5).nonzero().flatten().tolist()
+    if outside:
+        described = "; ".join(f"box {k} ({', '.join(f'{v:g}' for v in boxes[k].tolist())}) in a "
+                              f"{int(sizes[k, 0])}x{int(sizes[k, 1])} image" for k in outside[:3])
+        warnings.warn(f"less than half of {len(outside)} face box(es) lies inside its image: {described} "
+                      "(boxes are x, y, width, height in pixels)", stacklevel=3)
 
 
 def _merge(first: FitState, second: FitState, use_first: torch.Tensor) -> FitState:
@@ -277,21 +315,26 @@ def _merge(first: FitState, second: FitState, use_first: torch.Tensor) -> FitSta
 
 def load_model(spec: str | Path = "main_clnf_general.txt", models: str | Path | None = None,
                device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-               config: FitConfig | None = None, cache: str | Path | None = None, detector: bool = True) -> LandmarkModel:
+               config: FitConfig | None = None, cache: str | Path | None = None, detector: bool = True,
+               threads: int | None = None) -> LandmarkModel:
     """Load an OpenFace landmark model, converted weights cached (see :mod:`torch_clnf.weights`).
 
     Args:
         spec: the main spec, ``main_clnf_general.txt`` (CLNF) or ``main_ceclm_general.txt``
             (CE-CLM); a path, or a name inside ``models`` / ``$TORCH_CLNF_MODELS``.
-        device, dtype: where and in which precision to fit.
+        device, dtype: where and in which precision to fit (a ValueError names the devices
+            available where ``device`` is not).
         config: fitting parameters (default OpenFace's; CE-CLM's changes are applied on top).
         detector: also load the detection validator the spec names and the MTCNN face detector
             (``mtcnn_detector/MTCNN_detector.txt`` beside the spec), as OpenFace does.
+        threads: torch threads for each call (:attr:`LandmarkModel.threads`); None chooses them
+            per call: one for a few faces, more for large batches where cores are free.
 
     On the CPU this also keeps freed memory in the process (:func:`torch_clnf.memory.keep_freed_memory`).
     """
+    device = checked_device(device)
     path = resolve_spec(spec, models)
-    if torch.device(device).type == "cpu":
+    if device.type == "cpu":
         keep_freed_memory()
     validator = face_detector = None
     if detector:
@@ -305,4 +348,5 @@ def load_model(spec: str | Path = "main_clnf_general.txt", models: str | Path | 
         if mtcnn.is_file():
             face_detector = load_mtcnn(mtcnn, dtype=dtype)
     model = LandmarkModel(load_weights(path, models, cache), config, dtype, validator, face_detector)
+    model.threads = threads
     return model.to(device)
