@@ -12,16 +12,24 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Protocol, Sequence
 
 import cv2
 
 from ..landmark_model import FitResult, LandmarkModel
 from ..output import VideoCSV, draw_landmarks
 from .frames import Frame, FrameReader
+from .outputs import output_stems
 from .tracker import FrameFit, Tracker, TrackingConfig, blend
 
+class Event(Protocol):
+    """What :func:`track_videos` needs of a stop signal (``threading.Event`` or ``multiprocessing.Event``)."""
+
+    def is_set(self) -> bool: ...
+
+
 MAX_ERRORS = 10          # frames in a row that fail to fit before a video is given up
+CSV_END, DRAWING_END = ".csv", "_landmarks.avi"     # a video's outputs: its output stem + these
 
 
 @dataclass
@@ -58,7 +66,7 @@ class VideoSummary:
 class _Stream:
     """One video being tracked: its reader, its CSV, its summary."""
 
-    def __init__(self, source: Path, out_dir: Path | None, draw: bool, model: LandmarkModel) -> None:
+    def __init__(self, source: Path, output: Path, draw: bool, model: LandmarkModel) -> None:
         self.summary = VideoSummary(source)
         self.reader = FrameReader(source)
         self.frames = iter(self.reader)
@@ -72,12 +80,10 @@ class _Stream:
         self.draw_path: Path | None = None
         if not self.reader.readable:
             return
-        folder = out_dir if out_dir is not None else source.parent
-        name = source.stem if source.is_file() else source.name
         pdm = model.fitter.pdm
-        self.csv = VideoCSV(folder / f"{name}.csv", pdm.num_points, pdm.num_modes)
+        self.csv = VideoCSV(output.with_name(output.name + CSV_END), pdm.num_points, pdm.num_modes)
         self.summary.csv = self.csv.path
-        self.draw_path = folder / f"{name}_landmarks.avi" if draw else None
+        self.draw_path = output.with_name(output.name + DRAWING_END) if draw else None
 
     def next(self) -> Frame | None:
         if self.failed:
@@ -147,22 +153,30 @@ class _Stream:
 
 def track_videos(sources: Sequence[str | Path], model: LandmarkModel, out_dir: str | Path | None = None,
                  streams: int = 8, tracking: TrackingConfig | None = None, draw: bool = False,
-                 progress: bool | Callable[[int], None] = True) -> list[VideoSummary]:
+                 progress: bool | Callable[[int], None] = True, stop: Event | None = None,
+                 outputs: Sequence[Path] | None = None) -> list[VideoSummary]:
     """Track the face in each video and write ``<out_dir>/<video name>.csv`` for each.
 
     Args:
         sources: video files or image folders.
         model: from :func:`torch_clnf.load_model` (with its detector and validator).
-        out_dir: where CSVs (and drawings) go; default beside each video.
+        out_dir: where CSVs (and drawings) go, the sources' relative paths mirrored under it so
+            that two videos of the same name do not share a CSV (:func:`output_stems`); default
+            beside each video.
         streams: videos advanced in lockstep (one batch of faces per step).
         tracking: when to re-detect (OpenFace's defaults).
         draw: also write ``<name>_landmarks.avi`` with the landmarks drawn.
         progress: a tqdm bar on stderr (frames, frames/s), or a callable given the frames of each step.
+        stop: an event (``threading.Event``, ``multiprocessing.Event``) that ends the run after the
+            current frames: every video's rows so far stay written, and its summary says where it stopped.
+        outputs: each source's output path without its ends (default :func:`output_stems`).
     Returns:
         one :class:`VideoSummary` per source, in the order given.
+    Raises:
+        ValueError: before any work, where outputs would overwrite each other or a source.
     """
-    out = Path(out_dir) if out_dir is not None else None
     pending = [Path(s) for s in sources]
+    outputs = list(outputs) if outputs is not None else output_stems(pending, out_dir, output_ends(draw))
     summaries: dict[int, VideoSummary] = {}
     tracker = Tracker(model, max(1, min(streams, len(pending))), tracking)
     slots: list[tuple[int, _Stream] | None] = [None] * len(tracker.tracks)
@@ -182,11 +196,14 @@ def track_videos(sources: Sequence[str | Path], model: LandmarkModel, out_dir: s
             number = next(order, None)
             if number is None:
                 return None
-            slots[slot] = (number, _Stream(pending[number], out, draw, model))
+            slots[slot] = (number, _Stream(pending[number], outputs[number], draw, model))
             tracker.reset(slot)
 
     try:
         while True:
+            if stop is not None and stop.is_set():
+                _interrupt(slots, summaries, order, pending)
+                break
             frames = [refill(slot) for slot in range(len(slots))]
             if all(f is None for f in frames):
                 break
@@ -206,6 +223,24 @@ def track_videos(sources: Sequence[str | Path], model: LandmarkModel, out_dir: s
         if bar is not None:
             bar.close()
     return [summaries[k] for k in range(len(pending))]
+
+
+def output_ends(draw: bool) -> tuple[str, ...]:
+    """The ends of a video's output names (:data:`CSV_END`, and :data:`DRAWING_END` with ``draw``)."""
+    return (CSV_END, DRAWING_END) if draw else (CSV_END,)
+
+
+def _interrupt(slots: list, summaries: dict[int, VideoSummary], order, pending: list[Path]) -> None:
+    """End a run that was asked to stop: the videos under way keep their rows so far, the ones
+    not started get a summary that says so."""
+    for k, slot in enumerate(slots):
+        if slot is not None:
+            number, stream = slot
+            summary = summaries[number] = stream.close()
+            summary.problems.append(f"interrupted after {summary.frames} frames (their rows are written)")
+            slots[k] = None
+    for number in order:
+        summaries[number] = VideoSummary(pending[number], problems=["interrupted before it started"])
 
 
 def _step(tracker: Tracker, frames: list[Frame | None], slots: list) -> list[list[FrameFit] | None]:
