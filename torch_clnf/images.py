@@ -1,6 +1,7 @@
 """Turning user images (paths, arrays, tensors; any sizes) into one batch of grey images."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence, Union
@@ -13,20 +14,49 @@ ImageLike = Union[str, Path, np.ndarray, torch.Tensor]
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """A BGR or grey uint8 image from a file; ValueError naming the file when it cannot be read."""
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    """A BGR or grey image from a file, uint8 or float32 grey levels 0–255; ValueError naming the file
+    when it cannot be read.
+
+    As OpenCV's default reading (and OpenFace's), a photo is turned upright by its EXIF
+    orientation and an alpha channel is dropped. Deeper images are scaled by their type's range,
+    not taken as grey levels: 16-bit (and other unsigned integer) pixels by 255 / their maximum,
+    float pixels (TIFF, EXR), which are 0–1 by convention, by 255; a float image with values
+    outside 0–1 is refused rather than guessed at.
+    """
+    image = cv2.imread(str(path), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
     if image is None:
         raise ValueError(f"{path}: not a readable image file")
-    if image.ndim == 3 and image.shape[2] == 4:
-        image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
-    return image
+    if image.dtype.kind == "f":
+        image = image.astype(np.float32)
+        finite = image[np.isfinite(image)]
+        low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+        if low < 0 or high > 1:
+            raise ValueError(f"{path}: float pixels from {low:g} to {high:g}; expected 0–1 (the convention of float "
+                             "image files): save it as an 8- or 16-bit image, or pass the pixels as an array of "
+                             "grey levels 0–255")
+        return image * 255
+    return _scaled_to_bytes(image, str(path))
+
+
+def _scaled_to_bytes(image: np.ndarray, name: str) -> np.ndarray:
+    """Integer pixels as uint8 grey levels: unsigned types scaled by 255 / their maximum (16-bit:
+    65535 → 255), rounded; uint8 and float arrays as they are; other types a ValueError."""
+    if image.dtype == np.uint8 or image.dtype.kind == "f":
+        return image
+    if image.dtype.kind != "u":
+        raise ValueError(f"{name}: {image.dtype} pixels are not supported (expected unsigned 8- or 16-bit integers "
+                         "or floats)")
+    scale = 255.0 / np.iinfo(image.dtype).max
+    return np.clip(np.rint(image.astype(np.float64) * scale), 0, 255).astype(np.uint8)
 
 
 def as_array(image: ImageLike) -> np.ndarray:
     """One image as OpenCV holds it: (H, W) grey or (H, W, 3) BGR, uint8 or float32; checked.
 
-    Accepts a path; a NumPy array (H, W) grey or (H, W, 3) BGR; a tensor (H, W) grey or
-    (3, H, W) BGR. Raises ValueError for other shapes, empty images and NaN / infinite pixels.
+    Accepts a path (:func:`read_image`); a NumPy array (H, W) grey or (H, W, 3) BGR; a tensor
+    (H, W) grey or (3, H, W) BGR. Float arrays are grey levels 0–255; 16-bit (unsigned integer)
+    arrays are scaled by their type's range. Raises ValueError for other shapes and types, empty
+    images and NaN / infinite pixels.
     """
     if isinstance(image, (str, Path)):
         image = read_image(image)
@@ -42,10 +72,17 @@ def as_array(image: ImageLike) -> np.ndarray:
         raise ValueError(f"expected a grey (H, W) or BGR (H, W, 3) image, found shape {image.shape}")
     if image.shape[0] == 0 or image.shape[1] == 0:
         raise ValueError(f"expected a non-empty image, found shape {image.shape}")
+    if image.dtype == np.bool_:
+        raise ValueError("bool pixels are not supported (expected grey levels)")
+    if image.dtype.kind in "ui":
+        image = _scaled_to_bytes(image, "the image") if image.dtype.kind == "u" else image.astype(np.float32)
     if image.dtype != np.uint8:
         image = image.astype(np.float32)
         if not np.isfinite(image).all():
             raise ValueError("the image has NaN or infinite pixels")
+        if 0 < image.max() <= 1:
+            warnings.warn("float pixels all within 0–1 are read as grey levels 0–255, a nearly black image "
+                          "(multiply by 255 first)", stacklevel=3)
     return image
 
 
