@@ -4,6 +4,11 @@ Decoding runs ahead of fitting (OpenCV releases the GIL while it decodes), so th
 waits on I/O. Damage is reported, not raised: a frame that cannot be decoded between good ones
 comes out as a :class:`Frame` with ``image=None`` and an ``error``; a file that ends early (a
 truncated video) or cannot be opened at all is described in :attr:`FrameReader.problems`.
+
+A video has ended early when it is shorter than its container declares (:mod:`.containers`, read
+at open), when it decodes fewer frames than its header announces, or when its last frame falls
+well short of the play duration its container declares. The frame count alone misses cut WMVs:
+OpenCV estimates theirs from the file's size.
 """
 from __future__ import annotations
 
@@ -16,9 +21,14 @@ from typing import Iterator
 import cv2
 import numpy as np
 
+from ..images import read_image
+from .containers import Declared, declared
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_SUFFIXES = {".avi", ".mp4", ".mov", ".mkv", ".wmv", ".mpg", ".mpeg", ".m4v", ".webm", ".flv"}
 IMAGE_SEQUENCE_FPS = 30.0     # OpenFace's frame rate for image folders
+SHORT_OF_DURATION = (1.0, 0.05)  # a video ending short of its declared duration by more than 1 s and 5% has ended
+                                 # early (the duration is the longest stream's: audio may outlast video a little)
 
 
 @dataclass
@@ -60,6 +70,7 @@ class FrameReader:
         self.expected_frames = 0
         self._images: list[Path] | None = None
         self._capture = None
+        self._container: Declared | None = None
         if self.source.is_dir():
             self._images = sorted(p for p in self.source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
             self.expected_frames = len(self._images)
@@ -68,6 +79,7 @@ class FrameReader:
         elif not self.source.is_file():
             self.problems.append("file not found")
         else:
+            self._container = declared(self.source)
             capture = cv2.VideoCapture(str(self.source))
             if not capture.isOpened():
                 self.problems.append("not a readable video (OpenCV cannot open it)")
@@ -123,12 +135,16 @@ class FrameReader:
 
     def _decode_images(self) -> Iterator[Frame]:
         for index, path in enumerate(self._images or []):
-            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            error = None if image is not None and image.size else f"{path.name}: not a readable image"
-            yield Frame(index, image if error is None else None, index / self.fps, error)
+            try:
+                image, error = bgr_frame(read_image(path)), None
+            except ValueError as err:
+                image, error = None, str(err).replace(str(path), path.name)
+            yield Frame(index, image, index / self.fps, error)
 
     def _decode_video(self) -> Iterator[Frame]:
         capture, index, pending = self._capture, 0, 0
+        duration = self._container.duration if self._container is not None else None
+        last_ms = 0.0                                              # the last decoded frame's stream time
         while capture is not None and not self._stop.is_set():
             ok, image = capture.read()
             if not ok or image is None or not image.size:
@@ -140,14 +156,36 @@ class FrameReader:
                 yield Frame(index, None, index / self.fps, "frame could not be decoded")
                 index += 1
             pending = 0
+            if duration:                                           # read only where there is one to compare
+                last_ms = capture.get(cv2.CAP_PROP_POS_MSEC)
             yield Frame(index, image, index / self.fps)
             index += 1
-        # containers estimate their frame count (WMV from its duration): a few frames short is normal
-        if index == 0:
-            self.problems.append("no frame could be decoded")
-        elif self.expected_frames and index < 0.98 * self.expected_frames - 1:
-            self.problems.append(f"video ended after {index} of the {self.expected_frames} frames its header "
-                                 "announces (truncated or damaged file)")
+        # a backend without stream times reports 0 for every frame: no time to compare then
+        ended = last_ms / 1000 + 1 / self.fps if index == 1 or last_ms > 0 else None
+        self._check_end(index, ended)
+
+    def _check_end(self, frames: int, ended: float | None) -> None:
+        """One line in :attr:`problems` when the video ended early (``frames`` decoded, the last
+        ending at ``ended`` seconds when known): the container's sizes first, as the most exact."""
+        container = self._container
+        cut = container.problem() if container is not None else None
+        duration = container.duration if container is not None else None
+        # containers estimate their frame count (WMV from its size): a few frames short is normal
+        few = bool(self.expected_frames) and frames < 0.98 * self.expected_frames - 1
+        early = bool(duration) and ended is not None and ended < duration - max(
+            SHORT_OF_DURATION[0], SHORT_OF_DURATION[1] * duration)
+        if frames == 0:
+            ending = "no frame could be decoded"
+        elif early:                                 # before ``few``: where there is a duration, the count is estimated
+            ending = f"video ended after {frames} frames, at {ended:.1f} s of the {duration:.1f} s its header announces"
+        elif few:
+            ending = f"video ended after {frames} of the {self.expected_frames} frames its header announces"
+        else:
+            ending = None
+        if cut:
+            self.problems.append(cut + (f"; {ending}" if ending else f"; video ended after {frames} frames"))
+        elif ending:
+            self.problems.append(ending + ("" if frames == 0 else " (truncated or damaged file)"))
 
     def __iter__(self) -> Iterator[Frame]:
         while True:
@@ -166,6 +204,14 @@ class FrameReader:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def bgr_frame(image: np.ndarray) -> np.ndarray:
+    """An image as :func:`~torch_clnf.images.read_image` gives it (grey or BGR, uint8 or float32
+    grey levels 0–255, any bit depth of file) as a video frame: (H, W, 3) BGR uint8."""
+    if image.dtype != np.uint8:
+        image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
+    return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else image
 
 
 def video_sources(paths: list[str | Path]) -> list[Path]:
