@@ -3,7 +3,10 @@ consent, checksums, interrupted transfers, resuming, and the error that points n
 from __future__ import annotations
 
 import hashlib
+import socket
 import threading
+import urllib.error
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -169,14 +172,128 @@ def test_a_server_that_ignores_ranges_gives_the_whole_file(server, models_dir, t
     assert (tmp_path / name).read_bytes() == (models_dir / name).read_bytes()
 
 
-def test_unreachable_or_missing_sources_are_errors_that_name_the_files(server, tmp_path):
-    with pytest.raises(download.DownloadError, match="main_clnf_general.txt: http://127.0.0.1:1/.*URLError"):
+def test_unreachable_sources_name_the_host_and_missing_ones_the_files(server, tmp_path):
+    with pytest.raises(download.DownloadError, match=rf"could not reach 127\.0\.0\.1:1 \(.*refused.*\), so "
+                                                     rf"{len(CLNF_FILES)} of {len(CLNF_FILES)} files"):
         download.download_models(tmp_path, accept_license=True, mirror="http://127.0.0.1:1/", retries=0,
                                  progress=False, timeout=5)
     server.root = tmp_path / "empty"
     with pytest.raises(download.DownloadError, match="mtcnn_detector/PNet.dat: .*HTTP 404"):
         download.download_models(tmp_path, accept_license=True, mirror=server.url, progress=False)
     assert len(server.requests) == len(CLNF_FILES)          # a 404 is not retried
+
+
+URLOPEN = urllib.request.urlopen
+
+
+def counting_urlopen(monkeypatch, fail):
+    """Replaces urlopen: records each URL asked for; ``fail(calls)`` returns the exception to raise on
+    that call, or None to open the URL for real."""
+    calls: list[str] = []
+
+    def opener(request, *args, **kwargs):
+        calls.append(request.full_url)
+        if (err := fail(len(calls))) is not None:
+            raise err
+        return URLOPEN(request, *args, **kwargs)
+
+    monkeypatch.setattr(urllib.request, "urlopen", opener)
+    return calls
+
+
+def test_an_unreachable_mirror_is_one_short_error_with_the_remedies(tmp_path, monkeypatch):
+    calls = counting_urlopen(monkeypatch, lambda n: None)          # a real connection, refused
+    for target in (tmp_path / "new" / "models", tmp_path / "kept"):
+        if target.name == "kept":
+            target.mkdir()
+        with pytest.raises(download.DownloadError) as failure:
+            download.download_models(target, accept_license=True, mirror="http://127.0.0.1:1/", progress=False)
+        message = str(failure.value)
+        assert len(message) < 800 and message.count("\n") <= 4, message
+        assert "127.0.0.1:1" in message and "refused" in message and f"{len(CLNF_FILES)} of" in message
+        assert "--mirror" in message and download.MIRROR_ENV in message and weights.MODELS_ENV + " " in message
+        assert "HTTPS_PROXY" in message and "lib/local/LandmarkDetector/model" in message
+        assert len(calls) == 1                                     # not once per file, nor retried
+        calls.clear()
+    assert not (tmp_path / "new").exists()                         # every folder it created, removed
+    assert list((tmp_path / "kept").iterdir()) == []               # kept, with nothing left in it
+
+
+def test_without_dns_each_official_host_is_tried_once(tmp_path, monkeypatch):
+    offline = urllib.error.URLError(socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution"))
+    calls = counting_urlopen(monkeypatch, lambda n: offline)
+    with pytest.raises(download.DownloadError) as failure:
+        download.download_models(accept_license=True, ceclm=True, progress=False)
+    # The CEN files still try OneDrive after Dropbox: another host.
+    assert [url.split("/")[2] for url in calls] == ["raw.githubusercontent.com", "www.dropbox.com", "onedrive.live.com"]
+    message = str(failure.value)
+    assert message.startswith("could not reach raw.githubusercontent.com, www.dropbox.com, onedrive.live.com "
+                              "(Temporary failure in name resolution), so "
+                              f"{len(CLNF_FILES) + len(CECLM_FILES)} of {len(CLNF_FILES) + len(CECLM_FILES)} files")
+    assert "a mirror of your own" in message and "resume" not in message and len(message) < 800
+    assert not (tmp_path / "data").exists()                        # nor the per-user data folder
+
+
+def test_a_timeout_is_retried_and_then_gives_the_host_up(server, tmp_path, monkeypatch):
+    timeout = urllib.error.URLError(TimeoutError("timed out"))
+    calls = counting_urlopen(monkeypatch, lambda n: timeout)
+    with pytest.raises(download.DownloadError, match=r"could not reach 127\.0\.0\.1:\d+ \(timed out\)"):
+        download.download_models(tmp_path, accept_license=True, mirror=server.url, retries=2, progress=False)
+    assert len(calls) == 3 and server.requests == []               # retries=2 for the host, not per file
+    calls = counting_urlopen(monkeypatch, lambda n: timeout if n == 1 else None)
+    download.download_models(tmp_path, accept_license=True, mirror=server.url, retries=2, progress=False)
+    assert len(calls) == len(CLNF_FILES) + 1                       # one timeout passed: all fetched
+
+
+def test_files_that_failed_and_an_unreachable_host_are_both_told(server, tmp_path, monkeypatch):
+    server.corrupt.add("main_clnf_general.txt")                    # the first file
+    refused = urllib.error.URLError(ConnectionRefusedError(111, "Connection refused"))
+    calls = counting_urlopen(monkeypatch, lambda n: refused if n > 3 else None)
+    with pytest.raises(download.DownloadError) as failure:
+        download.download_models(tmp_path, accept_license=True, mirror=server.url, retries=0, progress=False)
+    first, rest = str(failure.value).split("\n  ", 1)
+    assert first == f"1 of {len(CLNF_FILES)} files failed (run the command again to resume):"
+    assert rest.startswith("main_clnf_general.txt: ") and "SHA-256" in rest
+    assert f"(Connection refused), so {len(CLNF_FILES) - 3} more files were not downloaded" in rest
+    assert len(calls) == 4 and str(failure.value).count("\n") <= 5
+
+
+def test_nothing_is_left_behind_but_parts_to_resume(server, models_dir, tmp_path):
+    target = tmp_path / "m"
+    server.corrupt.add("detection_validation/validator_cnn.txt")   # alone in its folder
+    server.cut["pdms/In-the-wild_aligned_PDM_68.txt"] = 0          # alone in its folder: a 0-byte .part
+    resumable = "model_inner/pdms/pdm_51_inner.txt"
+    server.cut[resumable] = 1000
+    with pytest.raises(download.DownloadError, match=rf"3 of {len(CLNF_FILES)} files failed"):
+        download.download_models(target, accept_license=True, mirror=server.url, retries=0, progress=False)
+    assert not (target / "detection_validation").exists() and not (target / "pdms").exists()
+    assert [p.relative_to(target).as_posix() for p in target.rglob("*.part")] == [resumable + ".part"]
+    assert (target / (resumable + ".part")).stat().st_size == 1000
+    server.corrupt.clear()
+    server.requests.clear()
+    download.download_models(target, accept_license=True, mirror=server.url, progress=False)
+    assert [r for n, r in server.requests if n == resumable] == ["bytes=1000-"]
+    assert (target / resumable).read_bytes() == (models_dir / resumable).read_bytes()
+
+
+def test_a_file_mirror_is_not_a_host_that_can_be_unreachable(models_dir, tmp_path):
+    with pytest.raises(download.DownloadError, match=rf"{len(CLNF_FILES)} of {len(CLNF_FILES)} files failed") \
+            as failure:
+        download.download_models(tmp_path / "a", accept_license=True, mirror=(tmp_path / "none").as_uri(),
+                                 retries=0, progress=False)
+    assert "could not reach" not in str(failure.value)            # a missing file each, not an offline host
+    download.download_models(tmp_path / "b", accept_license=True, mirror=models_dir.as_uri(), progress=False)
+    assert (tmp_path / "b" / "mtcnn_detector" / "ONet.dat").is_file()
+
+
+def test_the_command_offline_prints_one_short_error(tmp_path, capsys):
+    target = tmp_path / "models"
+    assert cli.main(["download-models", "--dir", str(target), "--mirror", "http://127.0.0.1:1/",
+                     "--accept-license", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("torch-clnf: error: could not reach 127.0.0.1:1 (") and err.count("error") == 1
+    assert len(err) < 800 and err.count("\n") <= 5 and "TORCH_CLNF_MODELS_URL" in err
+    assert not target.exists()
 
 
 def test_missing_models_tell_the_user_what_to_run(tmp_path, capsys):

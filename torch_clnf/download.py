@@ -3,19 +3,24 @@
 Every file is checked against :mod:`torch_clnf.model_files` (size and SHA-256), written as
 ``<name>.part`` first and renamed only when complete and correct, so an interrupted run leaves
 no half file in place and the next run resumes where the last one stopped (HTTP ``Range``).
+A host that cannot be connected to (offline, DNS, refused, timeout) is given up for the rest of the
+run, and the error says so once, with the remedies, instead of once per file.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.client
 import os
+import socket
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .model_files import CECLM_FILES, CLNF_FILES, GIT_URL, OPENFACE_TAG, ModelFile
+from .model_files import CECLM_FILES, CLNF_FILES, GIT_URL, MODELS_ENV, OPENFACE_TAG, ModelFile
 from .weights import models_dir
 
 ACCEPT_ENV = "TORCH_CLNF_ACCEPT_LICENSE"
@@ -40,6 +45,17 @@ class LicenseNotAccepted(RuntimeError):
 
 class DownloadError(RuntimeError):
     """Some files could not be fetched or did not match their checksum (the others are in place)."""
+
+
+class _Unreachable(Exception):
+    """Connecting to ``host`` failed (DNS, refused, unreachable network, timeout): its fault, not one file's."""
+
+    def __init__(self, host: str, cause: OSError) -> None:
+        self.why = cause.strerror or str(cause) or type(cause).__name__
+        super().__init__(f"could not connect to {host} ({self.why})")
+        # Only a timeout or a dropped connection may be passing; DNS and refusals do not change in seconds.
+        self.retry = not (isinstance(cause, (socket.gaierror, ConnectionRefusedError))
+                          or cause.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH))
 
 
 def model_files(ceclm: bool = False) -> tuple[ModelFile, ...]:
@@ -84,7 +100,9 @@ def download_models(target: str | Path | None = None, *, ceclm: bool = False, ac
         The model folder.
     Raises:
         LicenseNotAccepted: without consent (nothing is written).
-        DownloadError: naming every file that failed, and why; the others are in place.
+        DownloadError: naming every file that failed, and why, and the hosts that could not be
+            reached (with what to do instead); the others are in place. Folders this run created and
+            left empty are removed, as are empty ``.part`` files; a partial one stays to be resumed.
     """
     if not (accept_license or license_accepted_by_environment()):
         raise LicenseNotAccepted(f"OpenFace's license was not accepted: pass accept_license=True (the command "
@@ -92,32 +110,99 @@ def download_models(target: str | Path | None = None, *, ceclm: bool = False, ac
     target = Path(target).expanduser() if target is not None else models_dir()
     mirror = mirror if mirror is not None else os.environ.get(MIRROR_ENV) or None
     missing = [f for f in model_files(ceclm) if not is_complete(target / f.path, f)]
-    failures = []
+    new_folders = _new_folders(target, missing)
+    failures, offline, unreachable = [], [], {}
     done = sum(_part(target / f.path).stat().st_size for f in missing if _part(target / f.path).is_file())
-    with tqdm(total=sum(f.size for f in missing), initial=done, unit="B", unit_scale=True, unit_divisor=1024,
-              desc="OpenFace models", disable=not progress or not missing) as bar:
-        for file in missing:
-            urls = [mirror.rstrip("/") + "/" + file.path] if mirror else list(file.urls or (GIT_URL + file.path,))
-            problem = _fetch(file, target / file.path, urls, retries, timeout, bar)
-            if problem:
-                failures.append(f"{file.path}: {problem}")
-    if failures:
-        raise DownloadError(f"{len(failures)} of {len(missing)} files failed (run the command again to resume; "
-                            "the others are in place):\n  " + "\n  ".join(failures))
+    try:
+        with tqdm(total=sum(f.size for f in missing), initial=done, unit="B", unit_scale=True, unit_divisor=1024,
+                  desc="OpenFace models", disable=not progress or not missing) as bar:
+            for file in missing:
+                urls = [mirror.rstrip("/") + "/" + file.path] if mirror else list(file.urls or (GIT_URL + file.path,))
+                problem = _fetch(file, target / file.path, urls, retries, timeout, bar, unreachable)
+                if problem is None:
+                    continue
+                if all(_host(url) in unreachable for url in urls):
+                    offline.append(file.path)
+                else:
+                    failures.append(f"{file.path}: {problem}")
+    finally:
+        _tidy(target, missing, new_folders)
+    if failures or offline:
+        raise DownloadError(_report(failures, len(offline), len(missing), unreachable, mirror is not None))
     return target
+
+
+def _report(failures: list[str], offline: int, total: int, unreachable: dict[str, str], mirrored: bool) -> str:
+    """The error: each file that failed on its own, then, once, the hosts that could not be reached and
+    what to do about it (a retry alone will not help there)."""
+    lines = []
+    if failures:
+        lines.append(f"{len(failures)} of {total} files failed (run the command again to resume"
+                     f"{'' if offline else '; the others are in place'}):\n  " + "\n  ".join(failures))
+    if offline:
+        hosts: dict[str, list[str]] = {}
+        for host, why in unreachable.items():
+            hosts.setdefault(why, []).append(host)
+        where = "; ".join(f"{', '.join(names)} ({why})" for why, names in hosts.items())
+        count = f"{offline} more files were" if failures else f"{offline} of {total} files were"
+        lines.append(
+            f"could not reach {where}, so {count} not downloaded. To get them:\n"
+            f"  - check the network connection or proxy (HTTPS_PROXY) and run the command again;\n"
+            f"  - or download them from {'another mirror' if mirrored else 'a mirror of your own'}: "
+            f"--mirror URL, or set {MIRROR_ENV};\n"
+            f"  - or use an OpenFace model folder you already have (OpenFace's lib/local/LandmarkDetector/model): "
+            f"set {MODELS_ENV} to it (no download needed).")
+    return "\n".join(lines)
+
+
+def _host(url: str) -> str:
+    """``url``'s host and port as typed (no credentials): what is reachable or not."""
+    return urllib.parse.urlsplit(url).netloc.rpartition("@")[2]
+
+
+def _new_folders(target: Path, files: list[ModelFile]) -> list[Path]:
+    """The folders that fetching ``files`` into ``target`` may create and that do not exist yet, deepest first."""
+    folders = {target, *target.parents}
+    for file in files:
+        folders.update(target / folder for folder in Path(file.path).parents)
+    return sorted((f for f in folders if not f.exists()), key=lambda f: len(f.parts), reverse=True)
+
+
+def _tidy(target: Path, files: list[ModelFile], new_folders: list[Path]) -> None:
+    """Remove what a failed or interrupted run would leave for nothing: ``.part`` files of zero bytes (one
+    with bytes stays, to be resumed), then the folders this run created that are empty."""
+    for file in files:
+        part = _part(target / file.path)
+        if part.is_file() and part.stat().st_size == 0:
+            part.unlink()
+    for folder in new_folders:
+        try:
+            folder.rmdir()                                     # only if empty
+        except OSError:
+            pass
 
 
 def _part(path: Path) -> Path:
     return path.with_name(path.name + ".part")
 
 
-def _fetch(file: ModelFile, path: Path, urls: list[str], retries: int, timeout: float, bar: tqdm) -> str | None:
-    """Fetch one file through ``<path>.part``; None when it is in place, else what went wrong."""
+def _fetch(file: ModelFile, path: Path, urls: list[str], retries: int, timeout: float, bar: tqdm,
+           unreachable: dict[str, str]) -> str | None:
+    """Fetch one file through ``<path>.part``; None when it is in place, else what went wrong. Hosts in
+    ``unreachable`` (host → why) are skipped; a host found unreachable here is added to it."""
     part = _part(path)
-    part.parent.mkdir(parents=True, exist_ok=True)
     problems = []
     for url in urls:
-        if not _attempts(url, part, file.size, retries, timeout, bar, problems):
+        host = _host(url)
+        if host in unreachable:
+            problems.append(f"{url}: could not connect to {host} ({unreachable[host]})")
+            continue
+        try:
+            if not _attempts(url, part, file.size, retries, timeout, bar, problems):
+                continue
+        except _Unreachable as err:
+            unreachable[host] = err.why
+            problems.append(f"{url}: {err}")
             continue
         if part.stat().st_size != file.size:
             problems.append(f"{url}: {part.stat().st_size} bytes, expected {file.size}")
@@ -132,11 +217,17 @@ def _fetch(file: ModelFile, path: Path, urls: list[str], retries: int, timeout: 
 
 
 def _attempts(url: str, part: Path, size: int, retries: int, timeout: float, bar: tqdm, problems: list[str]) -> bool:
-    """Transfer ``url`` into ``part``, resuming after failures; whether it completed (else ``problems`` say why)."""
-    for _ in range(retries + 1):
+    """Transfer ``url`` into ``part``, resuming after failures; whether it completed (else ``problems`` say why).
+    Raises _Unreachable when its host cannot be connected to: at once for a DNS failure, a refused connection
+    or an unreachable network, after ``retries`` more tries for a timeout."""
+    for attempt in range(retries + 1):
         try:
             _transfer(url, part, size, timeout, bar)
             return True
+        except _Unreachable as err:
+            if not err.retry or attempt == retries:
+                raise
+            problems.append(f"{url}: {err}")
         except urllib.error.HTTPError as err:
             problems.append(f"{url}: HTTP {err.code} {err.reason}")
             if err.code in (401, 403, 404, 410):               # not there: retrying will not help
@@ -148,7 +239,7 @@ def _attempts(url: str, part: Path, size: int, retries: int, timeout: float, bar
 
 def _transfer(url: str, part: Path, size: int, timeout: float, bar: tqdm) -> None:
     """Append the rest of ``url`` to ``part`` (from its current length, or afresh if the server
-    ignores the range); raises when the transfer ends short."""
+    ignores the range); raises when the transfer ends short, _Unreachable when no connection is made."""
     have = part.stat().st_size if part.is_file() else 0
     if have > size:
         bar.update(-have)
@@ -159,10 +250,20 @@ def _transfer(url: str, part: Path, size: int, timeout: float, bar: tqdm) -> Non
     headers = {"User-Agent": "torch_clnf-download-models"}
     if have:
         headers["Range"] = f"bytes={have}-"
-    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as response:
+    try:
+        response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+    except urllib.error.HTTPError:
+        raise
+    except OSError as err:                                     # URLError too: its reason says what failed
+        cause = err.reason if isinstance(err, urllib.error.URLError) else err
+        if isinstance(cause, OSError) and urllib.parse.urlsplit(url).scheme in ("http", "https"):
+            raise _Unreachable(_host(url), cause) from err     # (a file:// mirror's OSError is one file's)
+        raise
+    with response:
         if have and response.status != 206:                   # the whole file again
             bar.update(-have)
             have = 0
+        part.parent.mkdir(parents=True, exist_ok=True)         # only once there is something to write
         with open(part, "ab" if have else "wb") as out:
             while chunk := response.read(CHUNK):
                 out.write(chunk)
