@@ -50,7 +50,8 @@ def test_drawing_shows_landmarks_and_axes(fitted):
 
 
 def test_image_csv_numbers_faces_per_image(fitted, tmp_path):
-    """write_image_csv: a row per face, face_id counted within its image, no row for an image without a face."""
+    """write_image_csv: a row per face, face_id counted within its image; an image without a face has one
+    row, success 0, no face_id and no landmarks (so it differs from an image not processed)."""
     import csv
 
     from torch_clnf.landmark_model import FitResult
@@ -63,6 +64,7 @@ def test_image_csv_numbers_faces_per_image(fitted, tmp_path):
     write_image_csv(tmp_path / "faces.csv", three, ["a.jpg", "b.jpg", "c.jpg"])
     with open(tmp_path / "faces.csv") as f:
         table = list(csv.DictReader(f))
-    assert [(r["file"], r["face_id"]) for r in table] == [("a.jpg", "0"), ("a.jpg", "1"), ("c.jpg", "0")]
-    assert float(table[2]["x_0"]) == pytest.approx(float(result.landmarks[0, 0, 0]), abs=1e-3)
+    assert [(r["file"], r["face_id"]) for r in table] == [("a.jpg", "0"), ("a.jpg", "1"), ("b.jpg", ""), ("c.jpg", "0")]
+    assert float(table[3]["x_0"]) == pytest.approx(float(result.landmarks[0, 0, 0]), abs=1e-3)
     assert table[0]["success"] == "1"
+    assert (table[2]["success"], table[2]["confidence"], table[2]["x_0"], table[2]["p_33"]) == ("0", "0", "", "")

@@ -44,7 +44,9 @@ class ImageCSV:
     """Image files' faces as CSV rows, written as each image's faces arrive (flushed per image).
 
     Columns: ``file``, ``face_id`` (the face's number within its image), then
-    :func:`openface_columns`. An image without a face has no row.
+    :func:`openface_columns`. An image without a face has one row with ``confidence`` and
+    ``success`` 0 and the other fields empty (no ``face_id``, no landmarks), so that "no face"
+    differs from "not processed" (no row).
     """
 
     def __init__(self, path: str | Path, num_points: int = 68, num_modes: int = 34) -> None:
@@ -52,17 +54,20 @@ class ImageCSV:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._stream = open(self.path, "w", newline="")
         self._writer = csv.writer(self._stream)
-        self._writer.writerow(["file", "face_id"] + openface_columns(num_points, num_modes))
+        self._columns = openface_columns(num_points, num_modes)
+        self._writer.writerow(["file", "face_id"] + self._columns)
         self.rows = 0
 
     def write(self, name: str, faces: FitResult) -> None:
-        """One row per face of one image (``faces`` all of that image, in order)."""
+        """One row per face of one image (``faces`` all of that image, in order; none: the no-face row)."""
         for face_id, values in enumerate(openface_values(faces)):
             row = [f"{v:.6g}" for v in values]
             row[1] = str(int(values[1]))
             self._writer.writerow([name, face_id] + row)
+        if not len(faces):
+            self._writer.writerow([name, "", "0", "0"] + [""] * (len(self._columns) - 2))
         self._stream.flush()
-        self.rows += len(faces)
+        self.rows += max(1, len(faces))
 
     def close(self) -> None:
         self._stream.close()
