@@ -69,7 +69,8 @@ def test_image_command_detects_faces(models_dir, media_dir, reference_dir, tmp_p
     out = capsys.readouterr().out
     assert "sample2.jpg: ok, confidence 0.983" in out and "blank.png: no face" in out
     with open(tmp_path / "out.csv") as f:
-        (row,) = list(csv.DictReader(f))                      # the blank image has no row
+        row, blank = list(csv.DictReader(f))                  # the blank image: a row saying no face
+    assert blank["file"].endswith("blank.png") and (blank["face_id"], blank["success"], blank["x_0"]) == ("", "0", "")
     record = rows(reference_dir / "openface_cpp/images_default.csv")[1]
     ours = np.array([[float(row[f"x_{i}"]), float(row[f"y_{i}"])] for i in range(68)])
     assert np.median(np.linalg.norm(ours - landmarks([record]).numpy()[0], axis=1)) < 0.5
@@ -126,6 +127,8 @@ def test_image_command_on_a_folder_with_an_unreadable_file(models_dir, media_dir
 def test_image_command_checks_its_input(tmp_path, capsys):
     assert main(["image", str(tmp_path)]) == 2
     assert "no image files in" in capsys.readouterr().err
+    assert main(["image", str(tmp_path / "absent.jpg")]) == 2
+    assert "no such file or folder: " in capsys.readouterr().err
     (tmp_path / "a.jpg").write_bytes(b"")
     assert main(["image", str(tmp_path), "--batch", "0"]) == 2
     assert "--batch must be at least 1" in capsys.readouterr().err
@@ -137,6 +140,141 @@ def test_image_command_checks_its_input(tmp_path, capsys):
         assert f"expected four numbers x,y,width,height with width, height > 0, found '{box}'" in capsys.readouterr().err
 
 
-def test_video_command_checks_its_numbers(media_dir, capsys):
+def test_video_command_checks_its_input(media_dir, tmp_path, capsys):
+    """The same rule as ``image``: nothing to process or a wrong number is a usage error (exit 2)."""
     assert main(["video", str(media_dir / "default.wmv"), "--workers", "0"]) == 2
     assert "--workers must be at least 1" in capsys.readouterr().err
+    assert main(["video", str(media_dir / "default.wmv"), "--threads", "0"]) == 2
+    assert "--threads must be at least 1" in capsys.readouterr().err
+    assert main(["video", str(tmp_path)]) == 2
+    assert "no videos or images in" in capsys.readouterr().err
+    assert main(["video", str(tmp_path / "absent.mp4")]) == 2
+    assert "no such file or folder: " in capsys.readouterr().err
+
+
+def short_video(path, media_dir, frames=5):
+    """The first ``frames`` images of image_sequence as an MJPG video (a face in every frame)."""
+    import cv2
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    images = [cv2.imread(str(media_dir / f"image_sequence/{k + 1:03d}.jpg")) for k in range(frames)]
+    height, width = images[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30, (width, height))
+    for image in images:
+        writer.write(image)
+    writer.release()
+    return path
+
+
+def test_videos_of_the_same_name_each_get_their_own_csv(models_dir, media_dir, tmp_path, capsys, monkeypatch):
+    """subj1/session.avi and subj2/session.avi, clip.avi beside clip.wmv: before, each pair wrote one CSV,
+    rows interleaved. Now the relative paths are mirrored under --out and a clash keeps the suffix."""
+    import csv
+    import shutil
+
+    monkeypatch.setenv("TORCH_CLNF_CACHE", str(tmp_path / "cache"))
+    videos = tmp_path / "videos"
+    sources = [short_video(videos / "subj1/session.avi", media_dir, 4), short_video(videos / "subj2/session.avi", media_dir, 5),
+               short_video(videos / "clips/clip.avi", media_dir, 6)]
+    sources.append(videos / "clips/clip.wmv")
+    shutil.copy(media_dir / "changeLighting.wmv", sources[-1])
+    code = main(["video", *map(str, sources), "--models", str(models_dir), "--out", str(tmp_path / "out"), "--quiet",
+                 "--workers", "2"])
+    assert code == 0, capsys.readouterr()
+    written = {p.relative_to(tmp_path / "out").as_posix(): p for p in (tmp_path / "out").rglob("*.csv")}
+    assert sorted(written) == ["clips/clip_avi.csv", "clips/clip_wmv.csv", "subj1/session.csv", "subj2/session.csv"]
+    for name, frames in (("subj1/session.csv", 4), ("subj2/session.csv", 5), ("clips/clip_avi.csv", 6),
+                         ("clips/clip_wmv.csv", 88)):
+        with open(written[name]) as f:
+            table = list(csv.DictReader(f))
+        assert [r["frame"] for r in table] == [str(k + 1) for k in range(frames)], name
+        assert all(None not in r.values() and len(r) == len(table[0]) for r in table)
+
+
+def test_outputs_that_would_overwrite_an_input_are_refused_before_any_work(media_dir, tmp_path, capsys):
+    videos = [short_video(tmp_path / "x.avi", media_dir, 2), short_video(tmp_path / "x_landmarks.avi", media_dir, 2)]
+    assert main(["video", *map(str, videos), "--draw"]) == 2
+    assert "would overwrite the input" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.avi", "x_landmarks.avi"]
+
+
+def test_image_drawings_of_the_same_name_are_kept_apart(models_dir, media_dir, reference_dir, tmp_path, capsys,
+                                                        monkeypatch):
+    import shutil
+
+    from reference import rows
+
+    monkeypatch.setenv("TORCH_CLNF_CACHE", str(tmp_path / "cache"))
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        shutil.copy(media_dir / "sample1.jpg", tmp_path / folder / "face.jpg")
+    record = rows(reference_dir / "openface_cpp/images_default.csv")[0]
+    box = ",".join(record[k] for k in ("box_x", "box_y", "box_w", "box_h"))
+    assert main(["image", str(tmp_path / "a"), str(tmp_path / "b"), "--box", box, "--models", str(models_dir),
+                 "--draw", str(tmp_path / "drawn")]) == 0
+    assert sorted(p.relative_to(tmp_path / "drawn").as_posix() for p in (tmp_path / "drawn").rglob("*.png")) == [
+        "a/face_landmarks.png", "b/face_landmarks.png"]
+
+
+def test_a_device_that_is_not_there_is_one_line(media_dir, capsys):
+    import torch
+
+    for device in ["gpu"] + ([] if torch.cuda.is_available() else ["cuda"]):
+        assert main(["image", str(media_dir / "sample1.jpg"), "--device", device]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "available here: cpu" in err, err
+
+
+def test_a_negative_box_needs_no_equals_sign_and_a_box_outside_is_a_warning(models_dir, media_dir, tmp_path, capsys,
+                                                                             monkeypatch):
+    monkeypatch.setenv("TORCH_CLNF_CACHE", str(tmp_path / "cache"))
+    assert main(["image", str(media_dir / "sample1.jpg"), "--box", "-50,-50,100,100", "--models", str(models_dir),
+                 "--no-parts"]) == 0
+    err = capsys.readouterr().err
+    assert "torch-clnf: warning: less than half of 1 face box(es) lies inside its image: box 0 (-50, -50, 100, 100)" in err
+
+
+def test_help_answers_without_loading_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom torch_clnf.cli import main\ntry:\n    main(['video', '--help'])\nexcept SystemExit:\n"
+            "    pass\nprint('torch' in sys.modules, 'cv2' in sys.modules)")
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert found.stdout.strip().endswith("False False") and "--threads" in found.stdout
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_ctrl_c_stops_cleanly_and_keeps_the_rows(models_dir, media_dir, tmp_path, workers):
+    """Ctrl-C as a terminal sends it (to the whole process group): exit 130, no traceback, and every
+    CSV holds whole rows of the frames tracked so far."""
+    import csv
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    sources = [tmp_path / f"v{k}.wmv" for k in range(workers)]
+    for source in sources:
+        shutil.copy(media_dir / "default.wmv", source)
+    env = dict(os.environ, TORCH_CLNF_CACHE=str(tmp_path / "cache"))
+    command = [sys.executable, "-m", "torch_clnf.cli", "video", *map(str, sources), "--models", str(models_dir),
+               "--out", str(tmp_path / "out"), "--quiet", "--workers", str(workers)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                               start_new_session=True)
+    csvs = [tmp_path / "out" / f"v{k}.csv" for k in range(workers)]
+    deadline = time.monotonic() + 120
+    while not all(p.is_file() and p.read_text().count("\n") > 3 for p in csvs):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, (out, err)
+    assert "Traceback" not in err and "interrupted" in err
+    for path in csvs:
+        with open(path) as f:
+            table = list(csv.DictReader(f))
+        assert 3 <= len(table) < 288 and all(None not in r.values() and len(r) == len(table[0]) for r in table)
+        assert f"{path.stem}.wmv: {len(table)} frames" in out and f"interrupted after {len(table)} frames" in out

@@ -1,17 +1,34 @@
-"""The ``torch-clnf`` command."""
+"""The ``torch-clnf`` command.
+
+Exit status, one rule for every command: 0 all done; 1 some input could not be processed (an
+unreadable or damaged file; the others were); 2 nothing was done: the command line is wrong or
+names nothing to process (a path that does not exist, an empty folder, outputs that would
+overwrite each other); 130 interrupted by Ctrl-C (the rows written so far stay).
+
+Light by design: torch loads only when a command needs it, so ``--help`` answers at once.
+"""
 from __future__ import annotations
 
 import argparse
 import functools
 import math
+import os
+import signal
 import sys
+import threading
 import time
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
-import cv2
+from .model_files import MODELS_ENV
 
-from .openface import ModelFileError
-from .weights import MODELS_ENV, convert, load_weights_file
+DAMAGED, USAGE, INTERRUPTED = 1, 2, 130
+
+
+class UsageError(Exception):
+    """The command line cannot be carried out; nothing was done (exit 2)."""
 
 
 def _box(text: str) -> list[float]:
@@ -25,109 +42,197 @@ def _box(text: str) -> list[float]:
     return values
 
 
+def _joined_box_values(argv: list[str]) -> list[str]:
+    """``--box -50,-50,100,100`` as ``--box=-50,-50,100,100`` (argparse takes a value that starts
+    with ``-`` for an option unless it is one plain negative number)."""
+    joined: list[str] = []
+    for arg in argv:
+        if joined and joined[-1] == "--box" and arg[:1] == "-" and (arg[1:2].isdigit() or arg[1:2] == "."):
+            joined[-1] = f"--box={arg}"
+        else:
+            joined.append(arg)
+    return joined
+
+
+def _existing(paths: list[Path]) -> None:
+    """A usage error naming the paths that do not exist."""
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise UsageError(f"no such file or folder: {', '.join(missing)}")
+
+
+def _at_least_one(**numbers: int | None) -> None:
+    small = [name for name, value in numbers.items() if value is not None and value < 1]
+    if small:
+        raise UsageError(f"{', '.join('--' + n.replace('_', '-') for n in small)} must be at least 1")
+
+
 def _loader(args: argparse.Namespace) -> functools.partial:
-    """The model the options ask for, as a picklable call (worker processes load their own)."""
+    """The model the options ask for, as a picklable call (worker processes load their own); the
+    device checked first, in one line."""
+    from .devices import checked_device
     from .fitting import FitConfig
     from .landmark_model import load_model
 
+    try:
+        device = str(checked_device(args.device))
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     config = FitConfig(refine_hierarchical=not args.no_parts, compile=args.compile)
-    return functools.partial(load_model, args.model, args.models, device=args.device, config=config)
+    return functools.partial(load_model, args.model, args.models, device=device, config=config, threads=args.threads)
 
 
-def _load(args: argparse.Namespace):
-    return _loader(args)()
+@contextmanager
+def _stop_on_interrupt() -> Iterator[threading.Event]:
+    """An event that the first Ctrl-C sets (the run ends after the work under way, keeping what
+    it wrote); a second Ctrl-C stops at once."""
+    stop = threading.Event()
+
+    def interrupted(signum, frame) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        print("\ntorch-clnf: stopping after the work under way (Ctrl-C again to stop at once)", file=sys.stderr)
+
+    try:
+        previous = signal.signal(signal.SIGINT, interrupted)
+    except ValueError:                                    # not the main thread: Ctrl-C stays as it is
+        previous = None
+    try:
+        yield stop
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _image(args: argparse.Namespace) -> int:
+    from .pipelines import fit_image_files, image_files
+    from .pipelines.outputs import output_stems
+
+    _existing(args.paths)
+    _at_least_one(batch=args.batch, threads=args.threads)
+    files = image_files(args.paths)
+    if not files:
+        raise UsageError(f"no image files in {', '.join(map(str, args.paths))}")
+    if args.box and len(args.box) not in (1, len(files)):
+        raise UsageError(f"{len(args.box)} boxes for {len(files)} images: give one box for all, or one per image")
+    drawings: list[Path] = []
+    if args.draw:
+        if len(files) == 1 and not (args.draw.is_dir() or str(args.draw).endswith(("/", os.sep))):
+            drawings = [args.draw]
+        else:
+            try:
+                drawings = [Path(f"{stem}_landmarks.png") for stem in output_stems(files, args.draw, ("_landmarks.png",))]
+            except ValueError as err:
+                raise UsageError(str(err)) from None
+    model = _loader(args)()
+
+    import cv2
     import torch
 
     from .output import ImageCSV, draw_landmarks
-    from .pipelines import fit_image_files, image_files
 
-    files = image_files(args.paths)
-    if not files:
-        print(f"torch-clnf: error: no image files in {', '.join(map(str, args.paths))}", file=sys.stderr)
-        return 2
-    if args.batch < 1:
-        print("torch-clnf: error: --batch must be at least 1", file=sys.stderr)
-        return 2
-    if args.box and len(args.box) not in (1, len(files)):
-        print(f"torch-clnf: error: {len(args.box)} boxes for {len(files)} images: give one box for all, "
-              "or one per image", file=sys.stderr)
-        return 2
-    model = _load(args)
     boxes = None if not args.box else torch.tensor(args.box[0] if len(args.box) == 1 else args.box)
     table = ImageCSV(args.csv, model.fitter.pdm.num_points, model.fitter.pdm.num_modes) if args.csv else None
-    faces_fitted = unreadable = 0
+    faces_fitted = unreadable = done = 0
     start = time.perf_counter()
-    try:
-        for fit in fit_image_files(model, files, boxes, batch=args.batch):
-            name = str(fit.path)
-            if fit.faces is None:
-                print(f"torch-clnf: error: {fit.error}", file=sys.stderr)
-                unreadable += 1
-                continue
-            if not len(fit.faces):
-                print(f"{name}: no face")
-            for k in range(len(fit.faces)):
-                g = fit.faces.params_global[k]
-                status = "ok" if bool(fit.faces.success[k]) else "FAILED"
-                label = name if len(fit.faces) == 1 else f"{name} face {k}"
-                print(f"{label}: {status}, confidence {fit.faces.confidence[k]:.3f}, scale {g[0]:.3f}, "
-                      f"rotation ({g[1]:+.3f}, {g[2]:+.3f}, {g[3]:+.3f}) rad")
-            faces_fitted += len(fit.faces)
+    with _stop_on_interrupt() as stop:
+        try:
+            for fit in fit_image_files(model, files, boxes, batch=args.batch):
+                done += 1
+                name = str(fit.path)
+                if fit.faces is None:
+                    print(f"torch-clnf: error: {fit.error}", file=sys.stderr)
+                    unreadable += 1
+                    continue
+                if not len(fit.faces):
+                    print(f"{name}: no face")
+                for k in range(len(fit.faces)):
+                    g = fit.faces.params_global[k]
+                    status = "ok" if bool(fit.faces.success[k]) else "FAILED"
+                    label = name if len(fit.faces) == 1 else f"{name} face {k}"
+                    print(f"{label}: {status}, confidence {fit.faces.confidence[k]:.3f}, scale {g[0]:.3f}, "
+                          f"rotation ({g[1]:+.3f}, {g[2]:+.3f}, {g[3]:+.3f}) rad")
+                faces_fitted += len(fit.faces)
+                if table is not None:
+                    table.write(name, fit.faces)
+                if drawings:
+                    target = drawings[files.index(fit.path)]
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    cv2.imwrite(str(target), draw_landmarks(fit.image, fit.faces, 0))
+                    print(f"drawing written to {target}")
+                if stop.is_set():
+                    break
+        finally:
             if table is not None:
-                table.write(name, fit.faces)
-            if args.draw:
-                target = args.draw if len(files) == 1 else args.draw / f"{fit.path.stem}_landmarks.png"
-                target.parent.mkdir(parents=True, exist_ok=True)
-                cv2.imwrite(str(target), draw_landmarks(fit.image, fit.faces, 0))
-                print(f"drawing written to {target}")
-    finally:
-        if table is not None:
-            table.close()
+                table.close()
     elapsed = time.perf_counter() - start
     what = "fitted" if args.box else "detected and fitted"
-    read = len(files) - unreadable
+    read = done - unreadable
     print(f"{faces_fitted} face(s) {what} in {read} image(s) in {elapsed:.2f} s ({read / elapsed:.1f} images/s)")
     if table is not None:
         print(f"landmarks written to {args.csv}")
+    if stop.is_set():
+        print(f"torch-clnf: interrupted after {done} of {len(files)} image(s)"
+              + (f"; their rows are in {args.csv}" if table is not None else ""), file=sys.stderr)
+        return INTERRUPTED
     if unreadable:
         print(f"torch-clnf: {unreadable} of {len(files)} image(s) could not be read", file=sys.stderr)
-        return 1
+        return DAMAGED
     return 0
 
 
 def _video(args: argparse.Namespace) -> int:
     from .pipelines import TrackingConfig, auto_workers, track_videos, track_videos_in_processes, video_sources
+    from .pipelines.frames import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+    from .pipelines.outputs import output_stems
+    from .pipelines.videos import output_ends
 
+    _existing(args.paths)
+    _at_least_one(batch=args.batch, max_faces=args.max_faces, fit_every=args.fit_every, workers=args.workers,
+                  threads=args.threads)
+    empty = [str(p) for p in args.paths
+             if p.is_dir() and not any(c.suffix.lower() in VIDEO_SUFFIXES | IMAGE_SUFFIXES for c in p.iterdir())]
+    if empty:
+        raise UsageError(f"no videos or images in {', '.join(empty)}")
     sources = video_sources(args.paths)
-    if not sources:
-        print("torch-clnf: error: no videos found", file=sys.stderr)
-        return 2
-    if args.batch < 1 or args.max_faces < 1 or args.fit_every < 1 or (args.workers is not None and args.workers < 1):
-        print("torch-clnf: error: --batch, --max-faces, --fit-every and --workers must be at least 1", file=sys.stderr)
-        return 2
-    model = _load(args)                                   # checks the model files before any worker starts
+    try:
+        output_stems(sources, args.out, output_ends(args.draw))        # names that collide: nothing done
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    load = _loader(args)
+    model = load()                                        # checks the model files before any worker starts
     tracking = TrackingConfig(max_faces=args.max_faces, fit_every=args.fit_every)
     workers = args.workers
     if workers is None:
         workers = auto_workers(sources) if model.device.type == "cpu" else 1
-    if workers > 1:
-        del model                                         # each worker loads its own
-        summaries = track_videos_in_processes(sources, _loader(args), workers, args.out, streams=args.batch,
-                                              tracking=tracking, draw=args.draw, progress=not args.quiet)
-    else:
-        summaries = track_videos(sources, model, args.out, streams=args.batch, tracking=tracking, draw=args.draw,
-                                 progress=not args.quiet)
+    with _stop_on_interrupt() as stop:
+        try:
+            if workers > 1:
+                del model                                 # each worker loads its own
+                summaries = track_videos_in_processes(sources, load, workers, args.out, streams=args.batch,
+                                                      tracking=tracking, draw=args.draw, progress=not args.quiet,
+                                                      threads=args.threads, stop=stop)
+            else:
+                summaries = track_videos(sources, model, args.out, streams=args.batch, tracking=tracking,
+                                         draw=args.draw, progress=not args.quiet, stop=stop)
+        except KeyboardInterrupt:
+            where = args.out if args.out is not None else "beside each video"
+            print(f"torch-clnf: interrupted; the rows written so far are in their CSVs ({where})", file=sys.stderr)
+            return INTERRUPTED
     for summary in summaries:
         print(summary.line())
         if summary.csv is not None:
             print(f"  landmarks written to {summary.csv}")
-    return 1 if any(s.problems for s in summaries) else 0
+    if stop.is_set():
+        print("torch-clnf: interrupted; each CSV above holds the rows of the frames tracked", file=sys.stderr)
+        return INTERRUPTED
+    return DAMAGED if any(s.problems for s in summaries) else 0
 
 
 def _convert(args: argparse.Namespace) -> int:
+    from .weights import convert, load_weights_file
+
     start = time.perf_counter()
     target = convert(args.spec, args.models, args.cache, force=args.force)
     model = load_weights_file(target)
@@ -240,6 +345,8 @@ def _model_options(command: argparse.ArgumentParser) -> None:
                          "download-models puts them)")
     command.add_argument("--device", default="cpu", help="cpu, cuda or mps")
     command.add_argument("--no-parts", action="store_true", help="skip the hierarchical inner-face and eye models")
+    command.add_argument("--threads", type=int, help="torch threads per process (default: chosen per call: one "
+                         "for a few faces, more for large batches where cores are free; see torch_clnf.threads)")
     command.add_argument("--compile", action="store_true", help="compile NU-RLMS with torch.compile: about 1.5x "
                          "faster on a CPU after minutes of compiling (cached on disk); for long runs")
 
@@ -248,12 +355,29 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] not in COMMANDS and not argv[0].startswith("-") and Path(argv[0]).is_dir():
         argv = ["video"] + argv                          # `torch-clnf FOLDER`: every video in it
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_joined_box_values(argv))
+    # FFmpeg's own messages would break through the progress bar: the damage they report is in
+    # the summaries (set OPENCV_FFMPEG_LOGLEVEL=16 to see them)
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+    show = warnings.showwarning
+    warnings.showwarning = lambda message, *rest, **kw: print(f"torch-clnf: warning: {message}", file=sys.stderr)
     try:
         return args.run(args)
-    except ModelFileError as err:
+    except UsageError as err:
         print(f"torch-clnf: error: {err}", file=sys.stderr)
-        return 2
+        return USAGE
+    except KeyboardInterrupt:
+        print("torch-clnf: interrupted", file=sys.stderr)
+        return INTERRUPTED
+    except ValueError as err:
+        from .openface import ModelFileError
+
+        if not isinstance(err, ModelFileError):
+            raise
+        print(f"torch-clnf: error: {err}", file=sys.stderr)
+        return USAGE
+    finally:
+        warnings.showwarning = show
 
 
 if __name__ == "__main__":

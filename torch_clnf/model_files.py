@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+MODELS_ENV = "TORCH_CLNF_MODELS"             # where the files are looked for (and downloaded to)
 OPENFACE_TAG = "OpenFace_2.2.0"
 GIT_URL = f"https://raw.githubusercontent.com/TadasBaltrusaitis/OpenFace/{OPENFACE_TAG}/lib/local/LandmarkDetector/model/"
 

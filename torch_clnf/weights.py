@@ -17,9 +17,9 @@ import torch
 from safetensors.torch import save_file
 
 from . import openface
+from .model_files import MODELS_ENV
 from .openface import ModelFileError, OpenFaceModel, read_main_spec, read_model
 
-MODELS_ENV = "TORCH_CLNF_MODELS"
 CACHE_ENV = "TORCH_CLNF_CACHE"
 FORMAT = "torch_clnf-weights-1"
 _TYPES = {cls.__name__: cls for cls in (openface.OpenFaceModel, openface.PartModel, openface.PDMData,
