@@ -11,16 +11,22 @@ With --workers W (CPU), also W processes each tracking N copies in lockstep
 (track_videos_in_processes: W·N videos), end to end, process start-up included.
 With --ceclm, CE-CLM on full-size synthetic CEN files (real layer shapes, random weights; its
 fits are meaningless, so validation is off and every frame is tracked, as the C++ timing was).
+With --threads auto 1 2, each thread setting (auto: torch_clnf's choice per call) is timed in
+turns, end to end, for each number of streams; --busy K keeps K other processes busy meanwhile
+(a shared machine), to see that the default holds up there.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import functools
 import os
 import platform
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -57,7 +63,8 @@ def end_to_end_fps(model: torch_clnf.LandmarkModel, streams: int, repeats: int) 
     for _ in range(repeats):
         with tempfile.TemporaryDirectory() as out:
             start = time.perf_counter()
-            summaries = track_videos([VIDEO] * streams, model, out, streams=streams, progress=False)
+            outputs = [Path(out) / f"copy{k}" for k in range(streams)]      # one video N times: a CSV each
+            summaries = track_videos([VIDEO] * streams, model, out, streams=streams, progress=False, outputs=outputs)
             rates.append(sum(s.frames for s in summaries) / (time.perf_counter() - start))
     return statistics.median(rates)
 
@@ -69,13 +76,44 @@ def processes_fps(models: Path, workers: int, streams: int, repeats: int) -> flo
     for _ in range(repeats):
         with tempfile.TemporaryDirectory() as out:
             copies = [Path(out) / f"copy{k}{VIDEO.suffix}" for k in range(workers * streams)]
-            for copy in copies:
-                copy.symlink_to(VIDEO)
+            for copy in copies:                                    # files of their own: a video is tracked once
+                shutil.copyfile(VIDEO, copy)
             start = time.perf_counter()
             summaries = track_videos_in_processes(copies, load, workers, out, streams=streams, progress=False,
                                                   threads=1)
             rates.append(sum(s.frames for s in summaries) / (time.perf_counter() - start))
     return statistics.median(rates)
+
+
+def threads_table(model: torch_clnf.LandmarkModel, args: argparse.Namespace) -> None:
+    """End-to-end frames/s of each --threads setting, timed in turns (A, B, C, A, B, C, …)."""
+    settings = [None if t == "auto" else int(t) for t in args.threads]
+    print(f"{'streams':>7} " + " ".join(f"{'threads ' + (str(t) if t else 'auto'):>11}" for t in settings)
+          + f" {'auto / best':>11}")
+    for streams in args.streams:
+        rates: dict[int | None, list[float]] = {t: [] for t in settings}
+        for _ in range(args.repeats):
+            for setting in settings:
+                model.threads = setting
+                rates[setting].append(end_to_end_fps(model, streams, 1))
+        medians = {t: statistics.median(r) for t, r in rates.items()}
+        auto = medians.get(None)
+        ratio = f"{auto / max(medians.values()):11.2f}" if auto is not None else f"{'-':>11}"
+        print(f"{streams:7d} " + " ".join(f"{medians[t]:11.1f}" for t in settings) + f" {ratio}", flush=True)
+    model.threads = None
+
+
+@contextlib.contextmanager
+def busy_processes(count: int):
+    """``count`` other processes that keep a core busy each, for the duration."""
+    others = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    try:
+        time.sleep(1.0 if others else 0)            # seen busy by the free-core measurement
+        yield
+    finally:
+        for other in others:
+            other.kill()
+            other.wait()
 
 
 def report(name: str, model: torch_clnf.LandmarkModel, args: argparse.Namespace, cpp_ms: float, end_to_end: bool) -> None:
@@ -103,11 +141,18 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=0, help="also W worker processes (end to end)")
     parser.add_argument("--fit-only", action="store_true", help="skip the end-to-end (track_videos) timing")
     parser.add_argument("--ceclm", action="store_true")
+    parser.add_argument("--threads", nargs="+", help="thread settings to compare end to end: auto and/or numbers")
+    parser.add_argument("--busy", type=int, default=0, help="other processes keeping a core busy each meanwhile")
     args = parser.parse_args()
     print(f"# {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"default.wmv, median of {args.repeats}; C++ = OpenFace 2.x per-frame fit time on the same machine type")
     print(f"{'model':16} {'dev':5} {'streams':>7} {'fit f/s':>9} {'e2e f/s':>9} {'C++ f/s':>8} {'vs C++':>9}")
     model = torch_clnf.load_model("main_clnf_general.txt", args.models, device=args.device)
+    if args.threads:
+        print(f"# end to end, {args.busy} other busy process(es) beside it")
+        with busy_processes(args.busy):
+            threads_table(model, args)
+        return
     report("CLNF", model, args, CPP_CLNF_MS, end_to_end=not args.fit_only)
     if args.ceclm:
         with tempfile.TemporaryDirectory() as folder, tempfile.TemporaryDirectory() as cache:
