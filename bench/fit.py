@@ -52,9 +52,9 @@ def cpp_median_ms(name: str, column: str = "fit_ms") -> float:
 
 
 def run(name: str, model: torch_clnf.LandmarkModel, batches: list[int], device: torch.device, repeats: int,
-        cpp_ms: float, threads: list[int], parts_alone: bool = False) -> None:
+        cpp_ms: float, threads: list[int | None], parts_alone: bool = False) -> None:
     for batch, count in ((b, t) for b in batches for t in threads):
-        torch.set_num_threads(count)
+        model.threads = count                                 # None: torch_clnf's choice per call
         greys, boxes, index = faces(batch, device)
         if model.config.compile:          # compile (or load from the disk cache) this batch size's graphs first
             start = time.perf_counter()
@@ -73,7 +73,7 @@ def run(name: str, model: torch_clnf.LandmarkModel, batches: list[int], device: 
         model.fitter.joint_parts_max_faces = joint
         for label, ms in medians.items():
             per_face = ms / batch
-            print(f"{label:18} {device.type:5} {count:7d} {batch:5d} {ms:10.1f} {per_face:9.2f} "
+            print(f"{label:18} {device.type:5} {count or 'auto':>7} {batch:5d} {ms:10.1f} {per_face:9.2f} "
                   f"{batch / ms * 1000:9.0f} {cpp_ms:8.1f} {1000 / cpp_ms:8.0f} {cpp_ms / per_face:8.2f}x", flush=True)
 
 
@@ -83,15 +83,15 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 64])
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--threads", type=int, nargs="+", help="torch threads, each batch timed with each "
-                        "(side by side in one run; default: torch's setting, e.g. from OMP_NUM_THREADS)")
+    parser.add_argument("--threads", nargs="+", help="torch threads, each batch timed with each (side by side in "
+                        "one run): numbers, or auto for torch_clnf's choice per call (the default)")
     parser.add_argument("--ceclm", action="store_true", help="also time CE-CLM on full-size synthetic CEN files")
     parser.add_argument("--compile", action="store_true", help="also time CLNF with FitConfig(compile=True)")
     parser.add_argument("--parts-alone", action="store_true",
                         help="also time CLNF with each part group refitted on its own (no joint part refits)")
     args = parser.parse_args()
     device = torch.device(args.device)
-    threads = args.threads or [torch.get_num_threads()]
+    threads = [None if t == "auto" else int(t) for t in args.threads or ["auto"]]
     print(f"# {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
           f"float32, median of {args.repeats}; C++ = OpenFace 2.x on the same machine type (reference CSVs)")
     print(f"{'model':18} {'dev':5} {'threads':>7} {'faces':>5} {'batch ms':>10} {'ms/face':>9} {'faces/s':>9} "
