@@ -14,6 +14,12 @@ fits are meaningless, so validation is off and every frame is tracked, as the C+
 With --threads auto 1 2, each thread setting (auto: torch_clnf's choice per call) is timed in
 turns, end to end, for each number of streams; --busy K keeps K other processes busy meanwhile
 (a shared machine), to see that the default holds up there.
+With --segments, one video end to end as a user runs it (`torch-clnf video FILE`, process start to
+CSV closed), the default (cut into segments tracked side by side) against --segments 1, in turns:
+default.wmv, and a 5-minute 30 frames/s video built from 2015-10-15-15-14.avi played forward and
+backward (no cut); the frames fitted twice (warm-ups, margins) and the segmented run's distance to
+the sequential one. With --ceclm also, CE-CLM on the 5-minute video (synthetic CEN files,
+validation off), segmented, through the Python API.
 """
 from __future__ import annotations
 
@@ -32,6 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import cv2
 import torch
 
 import torch_clnf
@@ -116,6 +123,84 @@ def busy_processes(count: int):
             other.wait()
 
 
+def long_video(folder: Path, minutes: float = 5.0) -> Path:
+    """``minutes`` of 2015-10-15-15-14.avi (30 frames/s) played forward, backward, forward… (no cut)."""
+    capture = cv2.VideoCapture(str(SHARED / "media/2015-10-15-15-14.avi"))
+    frames = []
+    while True:
+        ok, image = capture.read()
+        if not ok:
+            break
+        frames.append(image)
+    wanted = round(minutes * 60 * 30)
+    cycle = frames + frames[-2:0:-1]
+    path = folder / "five_minutes.mp4"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 30, frames[0].shape[1::-1])
+    for k in range(wanted):
+        writer.write(cycle[k % len(cycle)])
+    writer.release()
+    return path
+
+
+def command_seconds(video: Path, out: Path, models: Path, *options: str) -> float:
+    """Wall-clock seconds of ``torch-clnf video VIDEO`` in a new process, start to exit."""
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "torch_clnf.cli", "video", str(video), "--models", str(models),
+                    "--out", str(out), "--quiet", *options], check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def landmark_rows(path: Path) -> list:
+    import numpy as np
+
+    with open(path) as f:
+        return [np.array([[float(r[f"x_{i}"]), float(r[f"y_{i}"])] for i in range(68)]) for r in csv.DictReader(f)]
+
+
+def segments_table(args: argparse.Namespace) -> None:
+    """The --segments benchmark (see the module's docstring)."""
+    import numpy as np
+
+    from torch_clnf.pipelines.outputs import output_stems
+    from torch_clnf.pipelines.videos import plan_jobs
+    from torch_clnf.pipelines.workers import auto_workers
+
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        videos = [VIDEO, long_video(folder)]
+        print("| video | frames | workers × streams | segments | frames fitted twice | segmented f/s | "
+              "sequential f/s | speed-up | median / max frame vs sequential (px) | frames > 0.5 px |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for video in videos:
+            frames = FrameReader.describe(video)[0]
+            workers = auto_workers([video])
+            jobs, _ = plan_jobs([video], output_stems([video], folder), 8 * workers)
+            times: dict[str, list[float]] = {"segmented": [], "sequential": []}
+            for run in range(args.repeats):
+                for name, options in (("segmented", ()), ("sequential", ("--segments", "1"))):
+                    times[name].append(command_seconds(video, folder / name, args.models, *options))
+            rates = {name: frames / statistics.median(found) for name, found in times.items()}
+            segmented, sequential = (landmark_rows(folder / name / f"{video.stem}.csv")
+                                     for name in ("segmented", "sequential"))
+            d = np.array([np.linalg.norm(a - b, axis=1).mean() for a, b in zip(segmented, sequential)])
+            print(f"| {video.name} | {frames} | {workers} × 8 | {len(jobs)} | {sum(j.frames for j in jobs) - frames} "
+                  f"| {rates['segmented']:.1f} | {rates['sequential']:.1f} | "
+                  f"{rates['segmented'] / rates['sequential']:.2f}x | {np.median(d):.3f} / {d.max():.2f} | "
+                  f"{int((d > 0.5).sum())} |", flush=True)
+        if args.ceclm:
+            with tempfile.TemporaryDirectory() as models, tempfile.TemporaryDirectory() as cache:
+                config = dataclasses.replace(torch_clnf.FitConfig(), validate=False)
+                load = functools.partial(torch_clnf.load_model, "main_ceclm_general.txt",
+                                         ceclm_models(Path(models), args.models), cache=cache, config=config)
+                load()                                              # converted once, before the timing
+                workers = auto_workers([videos[1]])
+                start = time.perf_counter()
+                (summary,) = track_videos_in_processes([videos[1]], load, workers, folder / "ceclm", progress=False)
+                seconds = time.perf_counter() - start
+                print(f"\nCE-CLM (synthetic CEN, validation off), {videos[1].name}, {workers} workers, segmented: "
+                      f"{summary.frames / seconds:.1f} frames/s ({summary.frames} frames in {seconds:.0f} s)")
+
+
 def report(name: str, model: torch_clnf.LandmarkModel, args: argparse.Namespace, cpp_ms: float, end_to_end: bool) -> None:
     frames = [f.image for f in FrameReader(VIDEO)][: args.frames]
     device = torch.device(args.device)
@@ -143,7 +228,12 @@ def main() -> None:
     parser.add_argument("--ceclm", action="store_true")
     parser.add_argument("--threads", nargs="+", help="thread settings to compare end to end: auto and/or numbers")
     parser.add_argument("--busy", type=int, default=0, help="other processes keeping a core busy each meanwhile")
+    parser.add_argument("--segments", action="store_true", help="one video end to end: segmented against "
+                        "--segments 1 (see above)")
     args = parser.parse_args()
+    if args.segments:
+        segments_table(args)
+        return
     print(f"# {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"default.wmv, median of {args.repeats}; C++ = OpenFace 2.x per-frame fit time on the same machine type")
     print(f"{'model':16} {'dev':5} {'streams':>7} {'fit f/s':>9} {'e2e f/s':>9} {'C++ f/s':>8} {'vs C++':>9}")

@@ -146,6 +146,10 @@ def test_video_command_checks_its_input(media_dir, tmp_path, capsys):
     assert "--workers must be at least 1" in capsys.readouterr().err
     assert main(["video", str(media_dir / "default.wmv"), "--threads", "0"]) == 2
     assert "--threads must be at least 1" in capsys.readouterr().err
+    assert main(["video", str(media_dir / "default.wmv"), "--segments", "0"]) == 2
+    assert "--segments must be at least 1" in capsys.readouterr().err
+    assert main(["video", str(media_dir / "default.wmv"), "--warmup", "-1"]) == 2
+    assert "--warmup must be at least 0" in capsys.readouterr().err
     assert main(["video", str(tmp_path)]) == 2
     assert "no videos or images in" in capsys.readouterr().err
     assert main(["video", str(tmp_path / "absent.mp4")]) == 2
@@ -278,3 +282,22 @@ def test_ctrl_c_stops_cleanly_and_keeps_the_rows(models_dir, media_dir, tmp_path
             table = list(csv.DictReader(f))
         assert 3 <= len(table) < 288 and all(None not in r.values() and len(r) == len(table[0]) for r in table)
         assert f"{path.stem}.wmv: {len(table)} frames" in out and f"interrupted after {len(table)} frames" in out
+
+
+def test_one_truncated_video_in_segments_is_one_csv_of_its_readable_frames(models_dir, media_dir, tmp_path, capsys,
+                                                                          monkeypatch):
+    """The first MB of default.wmv (130 of its 288 frames) cut into 3 segments with 8 warm-up frames:
+    one CSV, every readable frame once and in order, the truncation reported once, exit 1."""
+    import csv
+
+    monkeypatch.setenv("TORCH_CLNF_CACHE", str(tmp_path / "cache"))
+    cut = tmp_path / "cut.wmv"
+    cut.write_bytes((media_dir / "default.wmv").read_bytes()[:1_000_000])
+    code = main(["video", str(cut), "--segments", "3", "--warmup", "8", "--models", str(models_dir),
+                 "--out", str(tmp_path / "out"), "--quiet", "--workers", "1"])
+    out = capsys.readouterr().out
+    assert code == 1 and out.count("truncated or damaged file") == 1, out
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["cut.csv"]
+    with open(tmp_path / "out/cut.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [int(r["frame"]) for r in table] == list(range(1, 131)) and all(r["success"] == "1" for r in table)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .model_files import MODELS_ENV
+from .pipelines.segments import WARMUP
 
 DAMAGED, USAGE, INTERRUPTED = 1, 2, 130
 
@@ -190,7 +191,9 @@ def _video(args: argparse.Namespace) -> int:
 
     _existing(args.paths)
     _at_least_one(batch=args.batch, max_faces=args.max_faces, fit_every=args.fit_every, workers=args.workers,
-                  threads=args.threads)
+                  threads=args.threads, segments=args.segments)
+    if args.warmup < 0:
+        raise UsageError("--warmup must be at least 0")
     empty = [str(p) for p in args.paths
              if p.is_dir() and not any(c.suffix.lower() in VIDEO_SUFFIXES | IMAGE_SUFFIXES for c in p.iterdir())]
     if empty:
@@ -205,17 +208,19 @@ def _video(args: argparse.Namespace) -> int:
     tracking = TrackingConfig(max_faces=args.max_faces, fit_every=args.fit_every)
     workers = args.workers
     if workers is None:
-        workers = auto_workers(sources) if model.device.type == "cpu" else 1
+        workers = auto_workers(sources, segments=args.segments) if model.device.type == "cpu" else 1
     with _stop_on_interrupt() as stop:
         try:
             if workers > 1:
                 del model                                 # each worker loads its own
                 summaries = track_videos_in_processes(sources, load, workers, args.out, streams=args.batch,
                                                       tracking=tracking, draw=args.draw, progress=not args.quiet,
-                                                      threads=args.threads, stop=stop)
+                                                      threads=args.threads, stop=stop, segments=args.segments,
+                                                      warmup=args.warmup)
             else:
                 summaries = track_videos(sources, model, args.out, streams=args.batch, tracking=tracking,
-                                         draw=args.draw, progress=not args.quiet, stop=stop)
+                                         draw=args.draw, progress=not args.quiet, stop=stop, segments=args.segments,
+                                         warmup=args.warmup)
         except KeyboardInterrupt:
             where = args.out if args.out is not None else "beside each video"
             print(f"torch-clnf: interrupted; the rows written so far are in their CSVs ({where})", file=sys.stderr)
@@ -332,6 +337,11 @@ def build_parser() -> argparse.ArgumentParser:
     video.add_argument("--workers", type=int, help="processes sharing the videos, each tracking its share in "
                        "lockstep on its own CPU core(s) (default: one per CPU core, at most one per video and per 500 "
                        "frames; 1 on a GPU)")
+    video.add_argument("--segments", type=int, help="cut each video file (or image folder) into this many "
+                       "segments, tracked side by side and written as one CSV in frame order (default: as many as "
+                       "keep every stream of every worker busy; 1: from start to end in one stream, as OpenFace)")
+    video.add_argument("--warmup", type=int, default=WARMUP, help=f"frames a segment tracks before its first, so "
+                       f"that its track has converged to the one before (default {WARMUP})")
     video.add_argument("--quiet", action="store_true", help="no progress bar")
     _model_options(video)
     video.set_defaults(run=_video)

@@ -73,6 +73,15 @@ class ImageCSV:
         self._stream.close()
 
 
+def row_values(result: FitResult | None, columns: int) -> list[str]:
+    """One face's :func:`openface_columns` as a CSV row writes them (None: no fit: ``columns`` zeros)."""
+    if result is None:
+        return ["0"] * columns
+    values = [f"{v:.6g}" for v in openface_values(result)[0]]
+    values[1] = str(int(bool(result.success[0])))
+    return values
+
+
 class VideoCSV:
     """One video's OpenFace-style CSV, written row by row as frames finish (each row flushed).
 
@@ -91,12 +100,11 @@ class VideoCSV:
 
     def write(self, frame_index: int, timestamp: float, face_id: int, result: FitResult | None) -> None:
         """One row for 0-based ``frame_index``; ``result`` is one face (None: no fit, success 0)."""
-        if result is None:
-            values = ["0"] * len(self.columns)
-        else:
-            values = [f"{v:.6g}" for v in openface_values(result)[0]]
-            values[1] = str(int(bool(result.success[0])))
-        self._writer.writerow([frame_index + 1, max(face_id, 0), f"{timestamp:.3f}"] + values)
+        self.write_values(frame_index, timestamp, face_id, row_values(result, len(self.columns)))
+
+    def write_values(self, frame_index: int, timestamp: float, face_id: int, values: Sequence[str]) -> None:
+        """One row of :func:`row_values` (written elsewhere and kept as text, e.g. by a video's segments)."""
+        self._writer.writerow([frame_index + 1, max(face_id, 0), f"{timestamp:.3f}", *values])
         self._stream.flush()
         self.rows += 1
 

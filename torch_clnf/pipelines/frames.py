@@ -12,6 +12,7 @@ OpenCV estimates theirs from the file's size.
 """
 from __future__ import annotations
 
+import hashlib
 import queue
 import threading
 from dataclasses import dataclass
@@ -40,12 +41,21 @@ class Frame:
         image: (H, W, 3) BGR uint8, or None when the frame could not be decoded.
         timestamp: seconds from the start (index / fps).
         error: what went wrong with this frame, or None.
+        digest: a short hash of the decoded pixels (with ``FrameReader(..., digests=True)``): two
+            decodes of one frame have the same, so a segment's frames can be checked against the
+            frames another reader decoded (:mod:`.assembly`).
     """
 
     index: int
     image: np.ndarray | None
     timestamp: float
     error: str | None = None
+    digest: str | None = None
+
+
+def frame_digest(image: np.ndarray) -> str:
+    """16 hex digits of a frame's pixels (every 4th row and column: fast, and enough to tell frames apart)."""
+    return hashlib.blake2b(np.ascontiguousarray(image[::4, ::4]).tobytes(), digest_size=8).hexdigest()
 
 
 class FrameReader:
@@ -55,6 +65,11 @@ class FrameReader:
         source: a video file, or a folder of images (read in name order).
         buffer: frames decoded ahead.
         max_gap: consecutive undecodable frames after which a video is taken to have ended.
+        start: the first frame to read (a video seeks to it; frames keep their numbers in the
+            whole source).
+        stop: the frame before which to stop (None: the end); a reader that stops there does not
+            check how the source ends.
+        digests: give each frame its :attr:`Frame.digest`.
 
     Attributes:
         fps: frames per second (the video's, or 30 for an image folder).
@@ -62,9 +77,11 @@ class FrameReader:
         problems: what went wrong with the source as a whole (cannot be opened, ended early).
     """
 
-    def __init__(self, source: str | Path, buffer: int = 32, max_gap: int = 8) -> None:
+    def __init__(self, source: str | Path, buffer: int = 32, max_gap: int = 8, start: int = 0,
+                 stop: int | None = None, digests: bool = False) -> None:
         self.source = Path(source)
         self.max_gap = max_gap
+        self.start, self.stop, self.digests = start, stop, digests
         self.problems: list[str] = []
         self.fps = IMAGE_SEQUENCE_FPS
         self.expected_frames = 0
@@ -107,6 +124,29 @@ class FrameReader:
         capture.release()
         return max(0, int(frames))
 
+    @staticmethod
+    def describe(source: str | Path) -> tuple[int, float, bool]:
+        """(frames, frames per second, seekable) of a source, from its header (a file that is shorter
+        than its container declares is counted by decoding it: its header's count is wrong). Not
+        seekable: what is neither a regular file nor an image folder (a camera, a pipe)."""
+        source = Path(source)
+        if source.is_dir():
+            return FrameReader.count(source), IMAGE_SEQUENCE_FPS, True
+        if not source.is_file():
+            return 0, IMAGE_SEQUENCE_FPS, False
+        capture = cv2.VideoCapture(str(source))
+        if not capture.isOpened():
+            return 0, IMAGE_SEQUENCE_FPS, False
+        fps = capture.get(cv2.CAP_PROP_FPS)
+        frames = max(0, int(capture.get(cv2.CAP_PROP_FRAME_COUNT)))
+        container = declared(source)
+        if container is not None and container.truncated:
+            frames = 0
+            while capture.grab():
+                frames += 1
+        capture.release()
+        return frames, fps if np.isfinite(fps) and fps > 0 else IMAGE_SEQUENCE_FPS, True
+
     @property
     def readable(self) -> bool:
         return self._capture is not None or bool(self._images)
@@ -133,19 +173,27 @@ class FrameReader:
                 self._capture.release()
             self._put(None)
 
+    def _frame(self, index: int, image: np.ndarray | None, error: str | None = None) -> Frame:
+        digest = frame_digest(image) if self.digests and image is not None else None
+        return Frame(index, image, index / self.fps, error, digest)
+
     def _decode_images(self) -> Iterator[Frame]:
-        for index, path in enumerate(self._images or []):
+        images = self._images or []
+        for index in range(self.start, len(images) if self.stop is None else min(self.stop, len(images))):
+            path = images[index]
             try:
                 image, error = bgr_frame(read_image(path)), None
             except ValueError as err:
                 image, error = None, str(err).replace(str(path), path.name)
-            yield Frame(index, image, index / self.fps, error)
+            yield self._frame(index, image, error)
 
     def _decode_video(self) -> Iterator[Frame]:
-        capture, index, pending = self._capture, 0, 0
+        capture, index, pending = self._capture, self.start, 0
+        if self.start and capture is not None:
+            capture.set(cv2.CAP_PROP_POS_FRAMES, self.start)       # checked by the frames' digests (:mod:`.assembly`)
         duration = self._container.duration if self._container is not None else None
         last_ms = 0.0                                              # the last decoded frame's stream time
-        while capture is not None and not self._stop.is_set():
+        while capture is not None and not self._stop.is_set() and (self.stop is None or index < self.stop):
             ok, image = capture.read()
             if not ok or image is None or not image.size:
                 pending += 1
@@ -153,13 +201,15 @@ class FrameReader:
                     break
                 continue
             for _ in range(pending):                               # undecodable frames between good ones
-                yield Frame(index, None, index / self.fps, "frame could not be decoded")
+                yield self._frame(index, None, "frame could not be decoded")
                 index += 1
             pending = 0
             if duration:                                           # read only where there is one to compare
                 last_ms = capture.get(cv2.CAP_PROP_POS_MSEC)
-            yield Frame(index, image, index / self.fps)
+            yield self._frame(index, image)
             index += 1
+        if self.stop is not None and index >= self.stop:
+            return                                                  # a segment: the source goes on
         # a backend without stream times reports 0 for every frame: no time to compare then
         ended = last_ms / 1000 + 1 / self.fps if index == 1 or last_ms > 0 else None
         self._check_end(index, ended)

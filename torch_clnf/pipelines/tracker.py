@@ -127,10 +127,13 @@ class Tracker:
     def multi_face(self) -> bool:
         return self.config.max_faces > 1
 
-    def reset(self, stream: int) -> None:
-        """Forget a stream's faces (a new video starts in that stream)."""
+    def reset(self, stream: int, first_frame: int = 0) -> None:
+        """Forget a stream's faces: a new video starts in that stream, at frame ``first_frame`` (a
+        segment of a video starts later; several faces are looked for on the frames a run from
+        the video's start would look on)."""
         self.tracks[stream] = [FaceTrack() for _ in range(self.config.max_faces)]
-        self.frames_seen[stream] = self.faces_seen[stream] = 0
+        self.frames_seen[stream] = first_frame
+        self.faces_seen[stream] = 0
 
     def snapshot(self) -> tuple:
         """The state of every stream, to :meth:`restore` after a step that failed part-way."""

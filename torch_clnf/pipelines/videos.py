@@ -1,11 +1,14 @@
 """Many videos in, one OpenFace-style CSV per video out: ``track_videos``.
 
-Up to ``streams`` videos advance in lockstep, one frame each per step, their faces fitted as one
-batch (see :class:`Tracker`); when a video ends the next one takes its stream. Every frame gets
-a CSV row as soon as its step finishes. Damage stays local: an unreadable file, an undecodable
-frame or a frame without a face is a row with ``success = 0`` (or, for a file that cannot be
-opened, no CSV) and a line in that video's summary; an error while fitting one video's frame
-is retried for that video alone and, if it persists, ends that video only.
+Up to ``streams`` jobs advance in lockstep, one frame each per step, their faces fitted as one
+batch (see :class:`Tracker`); when a job ends the next one takes its stream. A job is a whole
+video, or a segment of a long one (:mod:`.segments`): the segments of a video are tracked side by
+side and their rows assembled into one CSV in frame order (:mod:`.assembly`), so that one long
+video fills the batch as a folder of videos does. Every frame gets a CSV row as soon as its step
+(and, for a segment, the segments before it) finishes. Damage stays local: an unreadable file, an
+undecodable frame or a frame without a face is a row with ``success = 0`` (or, for a file that
+cannot be opened, no CSV) and a line in that video's summary; an error while fitting one video's
+frame is retried for that video alone and, if it persists, ends that video only.
 """
 from __future__ import annotations
 
@@ -15,12 +18,16 @@ from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
 import cv2
+import numpy as np
 
 from ..landmark_model import FitResult, LandmarkModel
-from ..output import VideoCSV, draw_landmarks
+from ..output import VideoCSV, draw_landmarks, openface_columns
+from .assembly import AssemblySummary, SegmentRows, VideoAssembly, drawing_path, rows_path
 from .frames import Frame, FrameReader
 from .outputs import output_stems
+from .segments import WARMUP, Segment, segment_counts, split
 from .tracker import FrameFit, Tracker, TrackingConfig, blend
+
 
 class Event(Protocol):
     """What :func:`track_videos` needs of a stop signal (``threading.Event`` or ``multiprocessing.Event``)."""
@@ -55,6 +62,13 @@ class VideoSummary:
     problems: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
+    @staticmethod
+    def assembled(source: Path, done: AssemblySummary) -> "VideoSummary":
+        """The summary of a video written by the assembly of its segments."""
+        counts = done.counts
+        return VideoSummary(source, done.csv, counts["frames"], counts["tracked"], counts["detections"],
+                            counts["broken"], done.problems, done.seconds)
+
     def line(self) -> str:
         """One line for a run's report."""
         state = "; ".join(self.problems) if self.problems else "ok"
@@ -63,14 +77,37 @@ class VideoSummary:
                 f"{self.broken} undecodable), {rate:.1f} frames/s — {state}")
 
 
-class _Stream:
-    """One video being tracked: its reader, its CSV, its summary."""
+@dataclass(frozen=True)
+class Job:
+    """What one stream of a lockstep tracks: a whole video, or one segment of it.
 
-    def __init__(self, source: Path, output: Path, draw: bool, model: LandmarkModel) -> None:
-        self.summary = VideoSummary(source)
-        self.reader = FrameReader(source)
+    Attributes:
+        segment: the frames to read and write (for a whole video, one segment of count 1).
+        output: the video's output path without its end.
+        segmented: the rows go to the segment's rows file for the video's assembly, not to the CSV.
+    """
+
+    segment: Segment
+    output: Path
+    segmented: bool
+
+    @property
+    def frames(self) -> int:
+        return self.segment.frames
+
+
+class _Stream:
+    """One job being tracked: its reader, where its rows go, its summary."""
+
+    def __init__(self, job: Job, draw: bool, model: LandmarkModel) -> None:
+        segment = job.segment
+        self.job = job
+        self.summary = VideoSummary(segment.source)
+        self.reader = FrameReader(segment.source, start=segment.read_from, stop=segment.read_to,
+                                  digests=job.segmented)
         self.frames = iter(self.reader)
         self.csv: VideoCSV | None = None
+        self.rows: SegmentRows | None = None
         self.writer: cv2.VideoWriter | None = None
         self.started = time.perf_counter()
         self.failed = False
@@ -78,12 +115,17 @@ class _Stream:
         self.pending: list[tuple[Frame, list[FrameFit]]] = []
         self.last_fit: dict[int, FitResult] = {}
         self.draw_path: Path | None = None
+        self.undrawn = 0                                    # a segment's broken frames before its first drawn one
         if not self.reader.readable:
             return
         pdm = model.fitter.pdm
-        self.csv = VideoCSV(output.with_name(output.name + CSV_END), pdm.num_points, pdm.num_modes)
-        self.summary.csv = self.csv.path
-        self.draw_path = output.with_name(output.name + DRAWING_END) if draw else None
+        if job.segmented:
+            self.rows = SegmentRows(rows_path(job.output, segment.number), len(openface_columns(pdm.num_points, pdm.num_modes)))
+            self.draw_path = drawing_path(job.output, segment.number) if draw else None
+        else:
+            self.csv = VideoCSV(job.output.with_name(job.output.name + CSV_END), pdm.num_points, pdm.num_modes)
+            self.summary.csv = self.csv.path
+            self.draw_path = job.output.with_name(job.output.name + DRAWING_END) if draw else None
 
     def next(self) -> Frame | None:
         if self.failed:
@@ -118,43 +160,80 @@ class _Stream:
         """One row per face (one row with success 0 when the frame has none or is broken)."""
         summary = self.summary
         rows = [(face.face_id, result) for face, result in zip(faces or [], results) if result is not None]
-        if frame.image is None:
+        broken = frame.image is None
+        if broken:
             summary.broken += 1
             rows = []
-        if any(face.detected for face in faces or []):
-            summary.detections += 1
+        detected = any(face.detected for face in faces or [])
+        summary.detections += detected
         if any(bool(result.success[0]) for _, result in rows):
             summary.tracked += 1
         if self.csv is not None:
             for face_id, result in rows or [(0, None)]:
                 self.csv.write(frame.index, frame.timestamp, face_id, result)
+        if self.rows is not None:
+            for face_id, result in rows or [(-1, None)]:
+                self.rows.write(frame.index, face_id, result, detected, broken, frame.digest)
         summary.frames += 1
-        if self.draw_path is not None and frame.image is not None:
-            if self.writer is None:
-                height, width = frame.image.shape[:2]
-                self.writer = cv2.VideoWriter(str(self.draw_path), cv2.VideoWriter_fourcc(*"MJPG"), self.reader.fps,
-                                              (width, height))
-            drawn = draw_landmarks(frame.image, FitResult.cat([r for _, r in rows]), 0) if rows else frame.image
-            self.writer.write(drawn)
+        if self.draw_path is not None:
+            self._draw(frame, rows)
+
+    def _draw(self, frame: Frame, rows: list) -> None:
+        """The frame with its landmarks into the drawing (a segment draws every frame it reads, a
+        broken one black, so that the assembly finds frame n at position n - its first)."""
+        if frame.image is None:
+            if self.writer is not None and self.rows is not None:
+                self.writer.write(np.zeros((self.size[1], self.size[0], 3), np.uint8))
+            elif self.rows is not None:
+                self.undrawn += 1
+            return
+        if self.writer is None:
+            height, width = frame.image.shape[:2]
+            self.size = (width, height)
+            self.writer = cv2.VideoWriter(str(self.draw_path), cv2.VideoWriter_fourcc(*"MJPG"), self.reader.fps,
+                                          (width, height))
+            for _ in range(self.undrawn):
+                self.writer.write(np.zeros((height, width, 3), np.uint8))
+        drawn = draw_landmarks(frame.image, FitResult.cat([r for _, r in rows]), 0) if rows else frame.image
+        self.writer.write(drawn)
 
     def close(self) -> VideoSummary:
         self._flush({})
         self.reader.close()
-        if self.csv is not None:
-            self.csv.close()
+        for output in (self.csv, self.rows):
+            if output is not None:
+                output.close()
         if self.writer is not None:
             self.writer.release()
         self.summary.problems[:0] = self.reader.problems
         self.summary.seconds = time.perf_counter() - self.started
-        if self.summary.broken:
+        if self.summary.broken and not self.job.segmented:      # an assembly counts its video's own
             self.summary.problems.append(f"{self.summary.broken} frame(s) could not be decoded")
         return self.summary
+
+
+def plan_jobs(sources: Sequence[Path], outputs: Sequence[Path], slots: int, segments: int | None = None,
+              warmup: int = WARMUP) -> tuple[list[Job], dict[int, tuple[list[Segment], float, int]]]:
+    """The jobs of a run: each source whole, or cut into segments (:func:`.segments.segment_counts`
+    over ``slots`` lockstep streams in all); and, per segmented source, its segments, frame rate and
+    frames."""
+    described = [FrameReader.describe(source) for source in sources]
+    counts = segment_counts([d[0] for d in described], [d[2] for d in described], slots, segments, warmup)
+    jobs, segmented = [], {}
+    for video, (source, output, (frames, fps, _), count) in enumerate(zip(sources, outputs, described, counts)):
+        parts = split(source, video, frames, count, warmup) if count > 1 else [
+            Segment(source, video, 0, 1, 0, None, 0, None)]
+        if len(parts) > 1:
+            segmented[video] = (parts, fps, frames)
+        jobs += [Job(part, output, len(parts) > 1) for part in parts]
+    return jobs, segmented
 
 
 def track_videos(sources: Sequence[str | Path], model: LandmarkModel, out_dir: str | Path | None = None,
                  streams: int = 8, tracking: TrackingConfig | None = None, draw: bool = False,
                  progress: bool | Callable[[int], None] = True, stop: Event | None = None,
-                 outputs: Sequence[Path] | None = None) -> list[VideoSummary]:
+                 outputs: Sequence[Path] | None = None, segments: int | None = None,
+                 warmup: int = WARMUP) -> list[VideoSummary]:
     """Track the face in each video and write ``<out_dir>/<video name>.csv`` for each.
 
     Args:
@@ -163,13 +242,17 @@ def track_videos(sources: Sequence[str | Path], model: LandmarkModel, out_dir: s
         out_dir: where CSVs (and drawings) go, the sources' relative paths mirrored under it so
             that two videos of the same name do not share a CSV (:func:`output_stems`); default
             beside each video.
-        streams: videos advanced in lockstep (one batch of faces per step).
+        streams: jobs (videos, or segments of them) advanced in lockstep, one batch of faces per step.
         tracking: when to re-detect (OpenFace's defaults).
         draw: also write ``<name>_landmarks.avi`` with the landmarks drawn.
         progress: a tqdm bar on stderr (frames, frames/s), or a callable given the frames of each step.
         stop: an event (``threading.Event``, ``multiprocessing.Event``) that ends the run after the
             current frames: every video's rows so far stay written, and its summary says where it stopped.
         outputs: each source's output path without its ends (default :func:`output_stems`).
+        segments: segments per video file or image folder (1: each tracked from start to end, in
+            one stream); None: as many as keep the streams busy (:mod:`.segments`). A camera or a
+            pipe is never cut.
+        warmup: frames a segment tracks before its first (:data:`.segments.WARMUP`).
     Returns:
         one :class:`VideoSummary` per source, in the order given.
     Raises:
@@ -177,32 +260,68 @@ def track_videos(sources: Sequence[str | Path], model: LandmarkModel, out_dir: s
     """
     pending = [Path(s) for s in sources]
     outputs = list(outputs) if outputs is not None else output_stems(pending, out_dir, output_ends(draw))
+    jobs, segmented = plan_jobs(pending, outputs, streams, segments, warmup)
+    pdm = model.fitter.pdm
+    assemblies = {video: VideoAssembly(parts, outputs[video], fps, pdm.num_points, pdm.num_modes, draw, frames)
+                  for video, (parts, fps, frames) in segmented.items()}
     summaries: dict[int, VideoSummary] = {}
-    tracker = Tracker(model, max(1, min(streams, len(pending))), tracking)
-    slots: list[tuple[int, _Stream] | None] = [None] * len(tracker.tracks)
-    order = iter(range(len(pending)))
-    bar = progress_bar(progress, sum(FrameReader.count(s) for s in pending) if progress is True else 0)
+
+    def finished(job: Job, summary: VideoSummary) -> None:
+        if job.segmented:
+            assemblies[job.segment.video].finished(job.segment.number, summary.problems)
+        else:
+            summaries[job.segment.video] = summary
+
+    try:
+        run_jobs(jobs, model, streams, tracking, draw, progress, stop, finished,
+                 pump=lambda: [assembly.pump() for assembly in assemblies.values()])
+    finally:
+        stopped = stop is not None and stop.is_set()
+        for video, assembly in assemblies.items():
+            summary = summaries[video] = VideoSummary.assembled(pending[video], assembly.close(stopped))
+            if stopped:
+                summary.problems.append(f"interrupted after {summary.frames} frames (their rows are written)")
+    return [summaries.get(k, VideoSummary(pending[k], problems=["interrupted before it started"]))
+            for k in range(len(pending))]
+
+
+def run_jobs(jobs: Sequence[Job], model: LandmarkModel, streams: int, tracking: TrackingConfig | None, draw: bool,
+             progress: bool | Callable[[int], None], stop: Event | None, finished: Callable[[Job, VideoSummary], None],
+             pump: Callable[[], object] = lambda: None) -> None:
+    """Track ``jobs`` in ``streams`` lockstep streams; ``finished(job, summary)`` as each ends (a job
+    that was not started when ``stop`` was set is not reported), ``pump()`` after every step."""
+    tracker = Tracker(model, max(1, min(streams, len(jobs))), tracking)
+    slots: list[tuple[Job, _Stream] | None] = [None] * len(tracker.tracks)
+    order = iter(jobs)
+    bar = progress_bar(progress, sum(job.frames for job in jobs) if progress is True else 0)
 
     def refill(slot: int) -> Frame | None:
-        """The next frame of the video in ``slot``; when that video is done, the next video's first frame."""
+        """The next frame of the job in ``slot``; when that job is done, the next job's first frame."""
         while True:
             current = slots[slot]
             if current is not None:
                 frame = current[1].next()
                 if frame is not None:
                     return frame
-                summaries[current[0]] = current[1].close()
+                finished(current[0], current[1].close())
                 slots[slot] = None
-            number = next(order, None)
-            if number is None:
+            job = next(order, None)
+            if job is None:
                 return None
-            slots[slot] = (number, _Stream(pending[number], outputs[number], draw, model))
-            tracker.reset(slot)
+            slots[slot] = (job, _Stream(job, draw, model))
+            tracker.reset(slot, job.segment.read_from)
 
     try:
         while True:
             if stop is not None and stop.is_set():
-                _interrupt(slots, summaries, order, pending)
+                for slot, current in enumerate(slots):
+                    if current is not None:
+                        slots[slot] = None
+                        summary = current[1].close()
+                        if not current[0].segmented:           # an assembly says where its video stopped
+                            summary.problems.append(f"interrupted after {summary.frames} frames (their rows are "
+                                                    "written)")
+                        finished(current[0], summary)
                 break
             frames = [refill(slot) for slot in range(len(slots))]
             if all(f is None for f in frames):
@@ -211,36 +330,24 @@ def track_videos(sources: Sequence[str | Path], model: LandmarkModel, out_dir: s
             for slot, frame in enumerate(frames):
                 if frame is not None and slots[slot] is not None:
                     slots[slot][1].record(frame, fits[slot])
+            pump()
             done = sum(f is not None for f in frames)
             if callable(progress) and progress is not True:
                 progress(done)
             elif bar is not None:
                 bar.update(done)
     finally:
-        for slot in slots:
-            if slot is not None:
-                summaries[slot[0]] = slot[1].close()
+        for slot, current in enumerate(slots):
+            if current is not None:
+                slots[slot] = None
+                finished(current[0], current[1].close())
         if bar is not None:
             bar.close()
-    return [summaries[k] for k in range(len(pending))]
 
 
 def output_ends(draw: bool) -> tuple[str, ...]:
     """The ends of a video's output names (:data:`CSV_END`, and :data:`DRAWING_END` with ``draw``)."""
     return (CSV_END, DRAWING_END) if draw else (CSV_END,)
-
-
-def _interrupt(slots: list, summaries: dict[int, VideoSummary], order, pending: list[Path]) -> None:
-    """End a run that was asked to stop: the videos under way keep their rows so far, the ones
-    not started get a summary that says so."""
-    for k, slot in enumerate(slots):
-        if slot is not None:
-            number, stream = slot
-            summary = summaries[number] = stream.close()
-            summary.problems.append(f"interrupted after {summary.frames} frames (their rows are written)")
-            slots[k] = None
-    for number in order:
-        summaries[number] = VideoSummary(pending[number], problems=["interrupted before it started"])
 
 
 def _step(tracker: Tracker, frames: list[Frame | None], slots: list) -> list[list[FrameFit] | None]:

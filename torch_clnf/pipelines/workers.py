@@ -4,27 +4,32 @@ One process fits a batch of faces on one core about as fast as PyTorch's threads
 several (a fit is mostly small operations, which threads do not speed up), so a folder of videos
 is shared among worker processes, each with its own model and its own lockstep batch of streams,
 one per free core, and no more torch threads in all than the cores other processes leave free
-(:mod:`torch_clnf.threads`). The videos are dealt longest first to the worker with the fewest
-frames so far; each worker writes its videos' CSVs row by row, as in one process.
+(:mod:`torch_clnf.threads`). The jobs — whole videos, and the segments of long ones
+(:mod:`.segments`) — are dealt longest first to the worker with the fewest frames so far. Each
+worker writes its whole videos' CSVs row by row, as in one process, and its segments' rows files;
+the parent process assembles each segmented video's CSV from those as the segments finish
+(:mod:`.assembly`). The workers are processes of their own: one that dies ends only its own jobs.
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import multiprocessing
 import queue
 import signal
-from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ..landmark_model import LandmarkModel
+from ..landmark_model import LandmarkModel, load_model
 from ..threads import free_cores, limit_threads
+from ..weights import load_weights, resolve_spec
 from .frames import FrameReader
 from .tracker import TrackingConfig
+from .assembly import VideoAssembly
 from .outputs import output_stems
-from .videos import Event, VideoSummary, output_ends, progress_bar, track_videos
+from .segments import WARMUP
+from .videos import Event, Job, VideoSummary, output_ends, plan_jobs, progress_bar, run_jobs
 
-_frames_done: "multiprocessing.Queue[int] | None" = None     # a worker's channel for progress counts
-_stop: Event | None = None                                   # a worker's stop signal, set by the parent
 
 
 def share_videos(frame_counts: Sequence[int], workers: int) -> list[list[int]]:
@@ -41,20 +46,23 @@ def share_videos(frame_counts: Sequence[int], workers: int) -> list[list[int]]:
     return [sorted(share) for share in shares if share]
 
 
-def auto_workers(sources: Sequence[str | Path], frames_per_worker: int = 500) -> int:
+def auto_workers(sources: Sequence[str | Path], frames_per_worker: int = 500, segments: int | None = None) -> int:
     """Workers worth starting for these videos on this CPU: one per free core (the cores other
-    processes leave free), at most one per video and one per ``frames_per_worker`` frames
-    (starting a worker costs a few seconds; each holds its own model, about 0.4 GB with its
-    working memory)."""
+    processes leave free), at most one per ``frames_per_worker`` frames (starting a worker costs a
+    few seconds; each holds its own model, about 0.4 GB with its working memory), and at most one
+    per video where videos are not cut into segments (``segments`` 1)."""
     frames = sum(FrameReader.count(Path(s)) for s in sources)
-    return max(1, min(free_cores(), len(sources), frames // frames_per_worker))
+    most = len(sources) if segments == 1 else frames
+    return max(1, min(free_cores(), most, frames // frames_per_worker))
 
 
 def track_videos_in_processes(sources: Sequence[str | Path], load: Callable[[], LandmarkModel], workers: int,
                               out_dir: str | Path | None = None, streams: int = 8,
                               tracking: TrackingConfig | None = None, draw: bool = False, progress: bool = True,
-                              threads: int | None = None, stop: Event | None = None) -> list[VideoSummary]:
-    """:func:`track_videos` with the videos shared among ``workers`` processes.
+                              threads: int | None = None, stop: Event | None = None, segments: int | None = None,
+                              warmup: int = WARMUP) -> list[VideoSummary]:
+    """:func:`track_videos` with the videos (and the segments of long ones) shared among ``workers``
+    processes.
 
     The workers are started with ``spawn``: a script that calls this needs the usual
     ``if __name__ == "__main__":`` guard.
@@ -63,78 +71,134 @@ def track_videos_in_processes(sources: Sequence[str | Path], load: Callable[[], 
         sources: video files or image folders.
         load: builds each worker's model; it must pickle, e.g.
             ``functools.partial(torch_clnf.load_model, "main_clnf_general.txt", config=config)``.
-        workers: processes (at most one per video).
-        out_dir, streams, tracking, draw, stop: as for :func:`track_videos` (``stop`` is passed on
-            to the workers, which ignore Ctrl-C themselves: the parent decides).
+        workers: processes.
+        out_dir, streams, tracking, draw, stop, segments, warmup: as for :func:`track_videos`
+            (``stop`` is passed on to the workers, which ignore Ctrl-C themselves: the parent
+            decides; segments fill every worker's streams).
         progress: one tqdm bar on stderr for all workers (frames, frames/s).
         threads: the most torch threads per worker (default: the free cores shared among the
             workers; each call still takes one thread for a few faces, see :mod:`torch_clnf.threads`).
     Returns:
         one :class:`VideoSummary` per source, in the order given. A worker that fails ends
-        only its own videos: their summaries say so, and the CSV rows it wrote stay.
+        only its own jobs: their summaries say so, and the CSV rows it wrote stay; the frames of a
+        segment it did not finish get success-0 rows in its video's CSV.
     """
     pending = [Path(s) for s in sources]
     outputs = output_stems(pending, out_dir, output_ends(draw))
-    counts = [FrameReader.count(s) for s in pending]
-    shares = share_videos(counts, min(workers, len(pending)))
+    jobs, segmented = plan_jobs(pending, outputs, streams * max(1, workers), segments, warmup)
+    shares = [[jobs[k] for k in share] for share in share_videos([job.frames for job in jobs], workers)]
     threads = threads or max(1, free_cores() // max(1, len(shares)))
+    model_shape = _model_shape(load) if segmented else (0, 0)
+    assemblies = {video: VideoAssembly(parts, outputs[video], fps, *model_shape, draw, frames)
+                  for video, (parts, fps, frames) in segmented.items()}
     context = multiprocessing.get_context("spawn")          # fork would copy torch's thread pools
-    frames_done, workers_stop = context.Queue(), context.Event()
-    bar = progress_bar(progress, sum(counts))
+    messages, workers_stop = context.Queue(), context.Event()
+    bar = progress_bar(progress, sum(job.frames for job in jobs))
     summaries: dict[int, VideoSummary] = {}
+    results: dict[int, list[VideoSummary] | str] = {}         # worker → its jobs' summaries, or why it failed
+
+    def receive(message) -> None:
+        if isinstance(message, int):
+            if bar is not None:
+                bar.update(message)
+        elif message[0] == "segment":                       # a segment is done: its rows can be assembled
+            _, video, number, problems = message
+            assemblies[video].finished(number, problems)
+        else:                                               # ("result", worker, summaries or an error message)
+            results[message[1]] = message[2]
+
+    processes = [context.Process(target=_worker, args=(w, load, share, streams, tracking, draw, messages, threads,
+                                                       workers_stop), name=f"torch-clnf worker {w}", daemon=True)
+                 for w, share in enumerate(shares)]
     try:
-        with ProcessPoolExecutor(len(shares), mp_context=context, initializer=_start_worker,
-                                 initargs=(frames_done if progress else None, threads, workers_stop)) as pool:
-            jobs: dict[Future, list[int]] = {
-                pool.submit(_track_share, load, [pending[k] for k in share], [outputs[k] for k in share], streams,
-                            tracking, draw): share
-                for share in shares}
-            try:
-                while any(not job.done() for job in jobs):
-                    _drain(frames_done, bar, timeout=0.2)
-                    if stop is not None and stop.is_set():
-                        workers_stop.set()
-            except KeyboardInterrupt:                         # at once: the rows written so far stay
-                for process in list(getattr(pool, "_processes", {}).values()):
-                    process.terminate()
-                raise
-            _drain(frames_done, bar, timeout=0)
-            for job, share in jobs.items():
-                try:
-                    summaries.update(zip(share, job.result()))
-                except Exception as err:                      # this worker's videos only
-                    for k in share:
-                        summaries[k] = VideoSummary(pending[k], problems=[f"worker process failed: {err}"])
+        for process in processes:
+            process.start()
+        try:
+            while len(results) < len(processes):
+                _drain(messages, receive, timeout=0.2)
+                for assembly in assemblies.values():
+                    assembly.pump()
+                if stop is not None and stop.is_set():
+                    workers_stop.set()
+                for w, process in enumerate(processes):      # a worker that died without a word
+                    if w not in results and process.exitcode is not None:
+                        _drain(messages, receive, timeout=0.5)
+                        results.setdefault(w, f"it ended with exit code {process.exitcode}")
+        except KeyboardInterrupt:                             # at once: the rows written so far stay
+            for process in processes:
+                process.terminate()
+            raise
+        for w, share in enumerate(shares):
+            found = results[w]
+            for k, job in enumerate(share):
+                if isinstance(found, list):
+                    if not job.segmented:
+                        summaries[job.segment.video] = found[k]
+                elif job.segmented:                           # the frames it did not track: success 0
+                    if not assemblies[job.segment.video].parts[job.segment.number].done:
+                        assemblies[job.segment.video].finished(job.segment.number,
+                                                               failure=f"worker process failed: {found}")
+                else:
+                    summaries[job.segment.video] = VideoSummary(job.segment.source,
+                                                                problems=[f"worker process failed: {found}"])
     finally:
+        for process in processes:
+            process.join(timeout=5)
+        stopped = stop is not None and stop.is_set()
+        for video, assembly in assemblies.items():
+            summary = summaries[video] = VideoSummary.assembled(pending[video], assembly.close(stopped))
+            if stopped:
+                summary.problems.append(f"interrupted after {summary.frames} frames (their rows are written)")
         if bar is not None:
             bar.close()
-    return [summaries[k] for k in range(len(pending))]
+    return [summaries.get(k, VideoSummary(pending[k], problems=["interrupted before it started"]))
+            for k in range(len(pending))]
 
 
-def _drain(frames_done: "multiprocessing.Queue[int]", bar, timeout: float) -> None:
-    """Move the workers' frame counts to the bar; wait up to ``timeout`` s for the first."""
+def _model_shape(load: Callable[[], LandmarkModel]) -> tuple[int, int]:
+    """(landmarks, modes) of the model ``load`` builds, for the CSV's columns: from its converted
+    weights where ``load`` is a ``functools.partial`` of :func:`~torch_clnf.load_model` (no model
+    is built in this process), else from the model."""
+    if isinstance(load, functools.partial) and load.func is load_model:
+        given = inspect.signature(load_model).bind_partial(*load.args, **load.keywords).arguments
+        spec, models = given.get("spec", "main_clnf_general.txt"), given.get("models")
+        pdm = load_weights(resolve_spec(spec, models), models, given.get("cache")).pdm
+        return pdm.num_points, pdm.num_modes
+    pdm = load().fitter.pdm
+    return pdm.num_points, pdm.num_modes
+
+
+def _drain(messages: "multiprocessing.Queue", receive: Callable[[object], None], timeout: float) -> None:
+    """Pass the workers' messages to ``receive``; wait up to ``timeout`` s for the first."""
     try:
-        count = frames_done.get(timeout=timeout) if timeout > 0 else frames_done.get_nowait()
+        message = messages.get(timeout=timeout) if timeout > 0 else messages.get_nowait()
         while True:
-            if bar is not None:
-                bar.update(count)
-            count = frames_done.get_nowait()
+            receive(message)
+            message = messages.get_nowait()
     except queue.Empty:
         pass
 
 
-def _start_worker(frames_done: "multiprocessing.Queue[int] | None", threads: int, stop: Event) -> None:
-    global _frames_done, _stop
-    _frames_done, _stop = frames_done, stop
+def _worker(number: int, load: Callable[[], LandmarkModel], jobs: list[Job], streams: int,
+            tracking: TrackingConfig | None, draw: bool, messages: "multiprocessing.Queue", threads: int,
+            stop: Event) -> None:
+    """A worker process: its jobs in lockstep. Whole videos write their CSVs, segments their rows
+    files (the parent assembles them as each is reported done); at the end, ``("result", number,
+    summaries)``, or the error as text (every process can unpickle it)."""
     limit_threads(threads)
     signal.signal(signal.SIGINT, signal.SIG_IGN)             # Ctrl-C reaches the parent, which sets ``stop``
+    summaries: dict[Job, VideoSummary] = {}
 
+    def finished(job: Job, summary: VideoSummary) -> None:
+        summaries[job] = summary
+        if job.segmented:
+            messages.put(("segment", job.segment.video, job.segment.number, summary.problems))
 
-def _track_share(load: Callable[[], LandmarkModel], sources: list[Path], outputs: list[Path], streams: int,
-                 tracking: TrackingConfig | None, draw: bool) -> list[VideoSummary]:
-    report = _frames_done.put if _frames_done is not None else False
     try:
-        return track_videos(sources, load(), None, streams, tracking, draw, progress=report, stop=_stop,
-                            outputs=outputs)
-    except Exception as err:        # as an error every process can unpickle, its message kept
-        raise RuntimeError(f"{type(err).__name__}: {err}") from None
+        run_jobs(jobs, load(), streams, tracking, draw, messages.put, stop, finished)
+    except Exception as err:
+        messages.put(("result", number, f"{type(err).__name__}: {err}"))
+        return
+    messages.put(("result", number, [summaries.get(job, VideoSummary(job.segment.source,
+                                                                    problems=["interrupted before it started"]))
+                                     for job in jobs]))

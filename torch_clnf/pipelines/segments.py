@@ -1,0 +1,81 @@
+"""A long video as overlapping segments, tracked side by side: which segments, and where they start.
+
+Tracking is sequential within a face's track, but a video's segments are not: segment k starts
+``warmup`` frames before its first frame (a detection there, then tracking up to the segment's
+start, as a sequential run would have been tracking), so that by its first frame its track has
+converged to the sequential one (a track restarted by detection comes within 0.02–0.04 px of the
+sequential one after about 8 frames). It also runs ``margin`` frames past its last frame, so that
+the next segment can take over where the two tracks agree (:mod:`.assembly`). The segments of all
+videos are the jobs that fill the lockstep batches of one or several processes.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+# frames tracked before a segment's first frame, and after its last, by default: measured on the
+# sample videos (bench/video.py --segments), the segmented track is then within 0.03 px (median) of
+# the sequential one
+WARMUP = 16
+MARGIN = 8
+# a segment is at least this many warm-ups long, so that the frames fitted twice stay below a fifth
+MIN_WARMUPS_PER_SEGMENT = 5
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Frames ``[first, last)`` of video ``video`` (a number among the run's sources), tracked by
+    reading frames ``[read_from, read_to)`` (``read_to`` None: to the end of the source).
+
+    Attributes:
+        source: the video file or image folder.
+        video: the source's number in the run.
+        number: the segment's number in its video (0 first); count: the video's segments.
+    """
+
+    source: Path
+    video: int
+    number: int
+    count: int
+    first: int
+    last: int | None
+    read_from: int
+    read_to: int | None
+
+    @property
+    def frames(self) -> int:
+        """Frames read (an estimate for the last segment, which reads to the end)."""
+        return (self.read_to if self.read_to is not None else self.last or self.first) - self.read_from
+
+
+def split(source: Path, video: int, frames: int, count: int, warmup: int = WARMUP, margin: int = MARGIN) -> list[Segment]:
+    """``count`` segments of about equal length over ``frames`` frames (the last one reads on to the
+    source's end, wherever that is); one segment (the whole source, no warm-up) for ``count`` 1."""
+    count = max(1, min(count, frames // max(1, warmup + margin) or 1))
+    bounds = [round(k * frames / count) for k in range(count)] + [None]
+    segments = []
+    for k in range(count):
+        first, last = bounds[k], bounds[k + 1]
+        segments.append(Segment(source, video, k, count, first, last, max(0, first - warmup),
+                                None if last is None else last + margin))
+    return segments
+
+
+def segment_counts(frames: list[int], seekable: list[bool], slots: int, segments: int | None = None,
+                   warmup: int = WARMUP, margin: int = MARGIN) -> list[int]:
+    """How many segments each source is cut into.
+
+    Args:
+        frames: each source's frame count (0 when unknown: not segmented).
+        seekable: whether each source can start anywhere (a video file or an image folder; not a
+            camera or a pipe).
+        slots: lockstep streams of the run in all (streams per process times processes).
+        segments: a fixed count for every seekable source (1: sequential), or None: so many that
+            the run's jobs fill its slots, each at least ``MIN_WARMUPS_PER_SEGMENT`` warm-ups long.
+    """
+    if segments is not None:
+        return [max(1, segments) if ok and n else 1 for n, ok in zip(frames, seekable)]
+    shortest = MIN_WARMUPS_PER_SEGMENT * (warmup + margin)
+    length = max(shortest, math.ceil(sum(frames) / max(1, slots)))
+    return [max(1, round(n / length)) if ok and n else 1 for n, ok in zip(frames, seekable)]
