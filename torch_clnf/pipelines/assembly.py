@@ -11,7 +11,9 @@ in memory. Where segment k hands over to k + 1:
   for the same frames (OpenCV's seek is exact for the containers tested; where it is not, the
   shift within the warm-up is found and corrected, else it is reported);
 - **the hand-over frame** is the first frame from k + 1's first that both tracks agree on (each
-  face within :data:`AGREE_PX` and the same success), at the latest k's last frame;
+  face within :data:`AGREE_PX` and the same success): segment k goes on tracking past its planned
+  end until then (``release`` tells it to stop), for at most the length of segment k + 1, where
+  the hand-over is made anyway and reported;
 - **face numbers carry over**: k + 1's faces are matched to k's on the frame before the hand-over
   (landmarks within :data:`SAME_FACE_PX`), so a person keeps their ``face_id``; a face new in k + 1
   gets the next free number.
@@ -25,6 +27,7 @@ import csv
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -98,7 +101,8 @@ class _Part:
     failure: str | None = None         # why the segment did not finish (its process died)
     offset: int = 0                    # bytes of the rows file already read
     pending: list[_Row] = field(default_factory=list)     # rows read, not yet written or passed over
-    shift: int = 0                     # true frame number = the segment's number + shift
+    shift: int | None = None           # true frame number = the segment's number + shift (None: not yet known)
+    checked: int = -1                  # the last frame where the hand-over to it was tried
     ids: dict[int, int] = field(default_factory=dict)      # the segment's face numbers → the video's
     drawing: cv2.VideoCapture | None = None
     drawn: int = 0                     # frames read from its drawing so far
@@ -114,11 +118,13 @@ class VideoAssembly:
         points, modes: the model's landmark and mode counts (the CSV's columns).
         draw: also assemble ``output + "_landmarks.avi"`` from the segments' drawings.
         frames: the video's frames (where the last segment did not finish, the rest get success-0 rows).
+        release: ``release(number)`` tells segment ``number`` that it has been handed over from
+            and may stop (it goes on tracking past its planned end until then).
     """
 
     def __init__(self, segments: list[Segment], output: Path, fps: float, points: int, modes: int,
-                 draw: bool = False, frames: int = 0) -> None:
-        self.output, self.fps, self.points, self.frames = output, fps, points, frames
+                 draw: bool = False, frames: int = 0, release: Callable[[int], None] = lambda number: None) -> None:
+        self.output, self.fps, self.points, self.frames, self.release = output, fps, points, frames, release
         self.csv = VideoCSV(output.with_name(output.name + ".csv"), points, modes)
         self.parts = [_Part(s, rows_path(output, s.number), drawing_path(output, s.number) if draw else None)
                       for s in segments]
@@ -131,7 +137,7 @@ class VideoAssembly:
         self.started = time.perf_counter()
         self.counts = {"frames": 0, "tracked": 0, "detections": 0, "broken": 0}
         self.problems: list[str] = []
-        self.parts[0].ids = {}                 # the first segment's numbers are the video's
+        self.parts[0].shift = 0                # the first segment's numbers are the video's
 
     def finished(self, number: int, problems: list[str] | None = None, failure: str | None = None) -> None:
         """Segment ``number`` is done (``failure``: its process died; its rows so far are kept)."""
@@ -157,18 +163,17 @@ class VideoAssembly:
             last = part.segment.last                               # None: the last segment
             while part.pending and (last is None or part.pending[0].frame + part.shift < last):
                 self._write_frame(part, self._take_frame(part))
-            if not part.done or part.pending and last is None:
-                return
-            if last is None:                                       # the video's last segment, written
+            if last is None:                                       # the video's last segment
+                if not part.done or part.pending:
+                    return
                 while part.failure and self.cursor < self.frames:
                     self._write_untracked(self.cursor)
                 self.head += 1
                 return
             following = self.parts[self.head + 1]
             self._read(following)
-            if not following.done and not self._overlaps(part, following):
+            if not self._hand_over(part, following):
                 return
-            self._hand_over(part, following)
 
     def close(self, stopped: bool = False) -> "AssemblySummary":
         """Finish and remove the rows files; the summary of the whole video. Frames that a segment
@@ -273,42 +278,63 @@ class VideoAssembly:
 
     # handing over from one segment to the next
 
-    def _overlaps(self, part: _Part, following: _Part) -> bool:
-        """Whether the following segment has tracked past the frames where it could take over."""
-        end = part.pending[-1].frame + part.shift if part.pending else self.cursor
-        return bool(following.pending) and following.pending[-1].frame + following.shift >= end
-
-    def _hand_over(self, part: _Part, following: _Part) -> None:
-        """Check the following segment's frame numbers, find the frame where it takes over, write the
-        rest of ``part`` up to it and carry the face numbers over. Where either did not finish, the
-        following one takes over at its first frame, and the frames before that nobody tracked in
-        its range get success-0 rows."""
+    def _hand_over(self, part: _Part, following: _Part) -> bool:
+        """Hand over from ``part`` (the segment being written) to the following one where they agree,
+        if they do yet (else False: wait for more rows). Checks the following segment's frame
+        numbers first, writes the rest of ``part`` up to the hand-over frame, carries the face numbers
+        over and releases ``part``. Where either did not finish, the following one takes over at its
+        first frame, and the frames before it that nobody tracked get success-0 rows."""
         start = following.segment.first
         if part.failure or following.failure:
             while self.cursor < start:
                 self._write_untracked(self.cursor)
-            part.pending.clear()
-            self.head += 1
-            return
+            if following.shift is None:
+                following.shift = 0
+            return self._switch(part)
         mine = _frames(part.pending, part.shift)
-        theirs_by_own = _frames(following.pending, 0)
-        following.shift = self._shift(mine, theirs_by_own, following)
-        theirs = {frame + following.shift: rows for frame, rows in theirs_by_own.items()}
-        switch = next((f for f in sorted(mine) if f >= start and f in theirs and _agree(mine[f], theirs[f], self.points)),
-                      max(mine) + 1 if mine else start)
+        if following.shift is None:
+            following.shift = self._shift(mine, _frames(following.pending, 0), following, final=part.done)
+            if following.shift is None:
+                return False
+        theirs = _frames(following.pending, following.shift)
+        switch = None
+        for frame in sorted(f for f in mine if f >= start and f > following.checked and f in theirs):
+            following.checked = frame
+            if _agree(mine[frame], theirs[frame], self.points):
+                switch = frame
+                break
+        if switch is None:
+            longest = (following.segment.last or self.frames) - start     # past it, hand over anyway
+            if not part.done and not (mine and max(mine) - start >= longest):
+                return False
+            switch = max(mine) + 1 if mine else start
+            if mine and not part.done:
+                self.problems.append(f"segment {following.segment.number + 1}'s track did not come within "
+                                     f"{AGREE_PX} px of the one before it by frame {switch}; it takes over there")
         while part.pending and part.pending[0].frame + part.shift < switch:
             self._write_frame(part, self._take_frame(part))
         common = max((f for f in mine if f <= switch and f in theirs), default=None)   # the hand-over frame, or before
         if common is not None:
             following.ids = _carried_ids(mine[common], theirs[common], part, self.points)
-        part.pending.clear()
-        self.head += 1
+        return self._switch(part)
 
-    def _shift(self, mine: dict[int, list[_Row]], theirs: dict[int, list[_Row]], following: _Part) -> int:
-        """How far the following segment's frame numbers are off (0 where its seek was exact)."""
+    def _switch(self, part: _Part) -> bool:
+        """The next segment's rows are written from now on; ``part`` may stop."""
+        part.pending.clear()
+        self.release(part.segment.number)
+        self.head += 1
+        return True
+
+    def _shift(self, mine: dict[int, list[_Row]], theirs: dict[int, list[_Row]], following: _Part,
+               final: bool) -> int | None:
+        """How far the following segment's frame numbers are off (0 where its seek was exact), from
+        the digests of frames both decoded; None while fewer than 3 are there to compare (``final``:
+        no more will come, decide with what there is)."""
         window = following.segment.first - following.segment.read_from + 1
         known = {f: rows[0].digest for f, rows in mine.items() if rows[0].digest}
         own = {f: rows[0].digest for f, rows in theirs.items() if rows[0].digest}
+        if not final and len(set(own) & set(known)) < 3:
+            return None
         for shift in sorted(range(-window, window + 1), key=abs):
             pairs = [(known[f + shift], d) for f, d in own.items() if f + shift in known]
             if len(pairs) >= min(3, len(own)) and pairs and all(a == b for a, b in pairs):

@@ -208,8 +208,8 @@ class FrameReader:
                 last_ms = capture.get(cv2.CAP_PROP_POS_MSEC)
             yield self._frame(index, image)
             index += 1
-        if self.stop is not None and index >= self.stop:
-            return                                                  # a segment: the source goes on
+        if self._stop.is_set() or self.stop is not None and index >= self.stop:
+            return                                                  # closed, or a segment: the source goes on
         # a backend without stream times reports 0 for every frame: no time to compare then
         ended = last_ms / 1000 + 1 / self.fps if index == 1 or last_ms > 0 else None
         self._check_end(index, ended)

@@ -4,8 +4,9 @@ Tracking is sequential within a face's track, but a video's segments are not: se
 ``warmup`` frames before its first frame (a detection there, then tracking up to the segment's
 start, as a sequential run would have been tracking), so that by its first frame its track has
 converged to the sequential one (a track restarted by detection comes within 0.02–0.04 px of the
-sequential one after about 8 frames). It also runs ``margin`` frames past its last frame, so that
-the next segment can take over where the two tracks agree (:mod:`.assembly`). The segments of all
+sequential one after about 8 frames). It also runs on past its last frame — ``margin`` frames at
+least, and until the next segment's track agrees with its own — so that the next segment takes
+over where the two tracks agree (:mod:`.assembly`). The segments of all
 videos are the jobs that fill the lockstep batches of one or several processes.
 """
 from __future__ import annotations
@@ -18,20 +19,22 @@ from pathlib import Path
 # sample videos (bench/video.py --segments), the segmented track is then within 0.03 px (median) of
 # the sequential one
 WARMUP = 16
-MARGIN = 8
-# a segment is at least this many warm-ups long, so that the frames fitted twice stay below a fifth
-MIN_WARMUPS_PER_SEGMENT = 5
+MARGIN = 4           # frames read past the last at least: their digests check the next segment's frame numbers
+# a segment is at least this many warm-ups (and margins) long: the frames fitted twice stay below a half
+MIN_WARMUPS_PER_SEGMENT = 2
 
 
 @dataclass(frozen=True)
 class Segment:
     """Frames ``[first, last)`` of video ``video`` (a number among the run's sources), tracked by
-    reading frames ``[read_from, read_to)`` (``read_to`` None: to the end of the source).
+    reading frames from ``read_from`` to ``read_to`` at least, and on until released by the
+    assembly (``read_to`` None: to the end of the source).
 
     Attributes:
         source: the video file or image folder.
         video: the source's number in the run.
         number: the segment's number in its video (0 first); count: the video's segments.
+        frames: frames it reads (for the last segment, as the source's header counts them).
     """
 
     source: Path
@@ -42,11 +45,7 @@ class Segment:
     last: int | None
     read_from: int
     read_to: int | None
-
-    @property
-    def frames(self) -> int:
-        """Frames read (an estimate for the last segment, which reads to the end)."""
-        return (self.read_to if self.read_to is not None else self.last or self.first) - self.read_from
+    frames: int = 0
 
 
 def split(source: Path, video: int, frames: int, count: int, warmup: int = WARMUP, margin: int = MARGIN) -> list[Segment]:
@@ -57,8 +56,9 @@ def split(source: Path, video: int, frames: int, count: int, warmup: int = WARMU
     segments = []
     for k in range(count):
         first, last = bounds[k], bounds[k + 1]
-        segments.append(Segment(source, video, k, count, first, last, max(0, first - warmup),
-                                None if last is None else last + margin))
+        read_from, read_to = max(0, first - warmup), None if last is None else last + margin
+        segments.append(Segment(source, video, k, count, first, last, read_from, read_to,
+                                (frames if read_to is None else read_to) - read_from))
     return segments
 
 

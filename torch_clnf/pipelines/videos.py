@@ -90,6 +90,7 @@ class Job:
     segment: Segment
     output: Path
     segmented: bool
+    number: int = 0              # the job's number in its run (where its release is flagged)
 
     @property
     def frames(self) -> int:
@@ -99,12 +100,14 @@ class Job:
 class _Stream:
     """One job being tracked: its reader, where its rows go, its summary."""
 
-    def __init__(self, job: Job, draw: bool, model: LandmarkModel) -> None:
+    def __init__(self, job: Job, draw: bool, model: LandmarkModel, released: Callable[[int], bool]) -> None:
         segment = job.segment
         self.job = job
+        self.released = released
         self.summary = VideoSummary(segment.source)
-        self.reader = FrameReader(segment.source, start=segment.read_from, stop=segment.read_to,
-                                  digests=job.segmented)
+        self.extends = job.segmented and segment.read_to is not None     # reads on until handed over from
+        self.reader = FrameReader(segment.source, start=segment.read_from,
+                                  stop=None if self.extends else segment.read_to, digests=job.segmented)
         self.frames = iter(self.reader)
         self.csv: VideoCSV | None = None
         self.rows: SegmentRows | None = None
@@ -130,7 +133,11 @@ class _Stream:
     def next(self) -> Frame | None:
         if self.failed:
             return None
-        return next(self.frames, None)
+        frame = next(self.frames, None)
+        if frame is not None and self.extends and frame.index >= self.job.segment.read_to \
+                and self.released(self.job.number):
+            return None
+        return frame
 
     def record(self, frame: Frame, faces: list[FrameFit] | None) -> None:
         """Write this frame's rows, or hold them until the next fit when a face's fit was skipped."""
@@ -222,10 +229,10 @@ def plan_jobs(sources: Sequence[Path], outputs: Sequence[Path], slots: int, segm
     jobs, segmented = [], {}
     for video, (source, output, (frames, fps, _), count) in enumerate(zip(sources, outputs, described, counts)):
         parts = split(source, video, frames, count, warmup) if count > 1 else [
-            Segment(source, video, 0, 1, 0, None, 0, None)]
+            Segment(source, video, 0, 1, 0, None, 0, None, frames)]
         if len(parts) > 1:
             segmented[video] = (parts, fps, frames)
-        jobs += [Job(part, output, len(parts) > 1) for part in parts]
+        jobs += [Job(part, output, len(parts) > 1, len(jobs) + k) for k, part in enumerate(parts)]
     return jobs, segmented
 
 
@@ -262,8 +269,14 @@ def track_videos(sources: Sequence[str | Path], model: LandmarkModel, out_dir: s
     outputs = list(outputs) if outputs is not None else output_stems(pending, out_dir, output_ends(draw))
     jobs, segmented = plan_jobs(pending, outputs, streams, segments, warmup)
     pdm = model.fitter.pdm
-    assemblies = {video: VideoAssembly(parts, outputs[video], fps, pdm.num_points, pdm.num_modes, draw, frames)
-                  for video, (parts, fps, frames) in segmented.items()}
+    released = [False] * len(jobs)
+    first_job = {job.segment.video: job.number for job in reversed(jobs)}
+
+    def release(video: int) -> Callable[[int], None]:
+        return lambda number: released.__setitem__(first_job[video] + number, True)
+
+    assemblies = {video: VideoAssembly(parts, outputs[video], fps, pdm.num_points, pdm.num_modes, draw, frames,
+                                       release(video)) for video, (parts, fps, frames) in segmented.items()}
     summaries: dict[int, VideoSummary] = {}
 
     def finished(job: Job, summary: VideoSummary) -> None:
@@ -273,7 +286,7 @@ def track_videos(sources: Sequence[str | Path], model: LandmarkModel, out_dir: s
             summaries[job.segment.video] = summary
 
     try:
-        run_jobs(jobs, model, streams, tracking, draw, progress, stop, finished,
+        run_jobs(jobs, model, streams, tracking, draw, progress, stop, finished, released.__getitem__,
                  pump=lambda: [assembly.pump() for assembly in assemblies.values()])
     finally:
         stopped = stop is not None and stop.is_set()
@@ -287,9 +300,10 @@ def track_videos(sources: Sequence[str | Path], model: LandmarkModel, out_dir: s
 
 def run_jobs(jobs: Sequence[Job], model: LandmarkModel, streams: int, tracking: TrackingConfig | None, draw: bool,
              progress: bool | Callable[[int], None], stop: Event | None, finished: Callable[[Job, VideoSummary], None],
-             pump: Callable[[], object] = lambda: None) -> None:
+             released: Callable[[int], bool], pump: Callable[[], object] = lambda: None) -> None:
     """Track ``jobs`` in ``streams`` lockstep streams; ``finished(job, summary)`` as each ends (a job
-    that was not started when ``stop`` was set is not reported), ``pump()`` after every step."""
+    that was not started when ``stop`` was set is not reported), ``pump()`` after every step; a
+    segment reads on past its planned end until ``released(job.number)``."""
     tracker = Tracker(model, max(1, min(streams, len(jobs))), tracking)
     slots: list[tuple[Job, _Stream] | None] = [None] * len(tracker.tracks)
     order = iter(jobs)
@@ -308,7 +322,7 @@ def run_jobs(jobs: Sequence[Job], model: LandmarkModel, streams: int, tracking: 
             job = next(order, None)
             if job is None:
                 return None
-            slots[slot] = (job, _Stream(job, draw, model))
+            slots[slot] = (job, _Stream(job, draw, model, released))
             tracker.reset(slot, job.segment.read_from)
 
     try:

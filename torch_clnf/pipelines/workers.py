@@ -89,9 +89,15 @@ def track_videos_in_processes(sources: Sequence[str | Path], load: Callable[[], 
     shares = [[jobs[k] for k in share] for share in share_videos([job.frames for job in jobs], workers)]
     threads = threads or max(1, free_cores() // max(1, len(shares)))
     model_shape = _model_shape(load) if segmented else (0, 0)
-    assemblies = {video: VideoAssembly(parts, outputs[video], fps, *model_shape, draw, frames)
-                  for video, (parts, fps, frames) in segmented.items()}
     context = multiprocessing.get_context("spawn")          # fork would copy torch's thread pools
+    released = context.Array("b", len(jobs), lock=False)   # per job: handed over from, may stop
+    first_job = {job.segment.video: job.number for job in reversed(jobs)}
+
+    def release(video: int) -> Callable[[int], None]:
+        return lambda number: released.__setitem__(first_job[video] + number, 1)
+
+    assemblies = {video: VideoAssembly(parts, outputs[video], fps, *model_shape, draw, frames, release(video))
+                  for video, (parts, fps, frames) in segmented.items()}
     messages, workers_stop = context.Queue(), context.Event()
     bar = progress_bar(progress, sum(job.frames for job in jobs))
     summaries: dict[int, VideoSummary] = {}
@@ -108,8 +114,8 @@ def track_videos_in_processes(sources: Sequence[str | Path], load: Callable[[], 
             results[message[1]] = message[2]
 
     processes = [context.Process(target=_worker, args=(w, load, share, streams, tracking, draw, messages, threads,
-                                                       workers_stop), name=f"torch-clnf worker {w}", daemon=True)
-                 for w, share in enumerate(shares)]
+                                                       workers_stop, released), name=f"torch-clnf worker {w}",
+                                 daemon=True) for w, share in enumerate(shares)]
     try:
         for process in processes:
             process.start()
@@ -181,7 +187,7 @@ def _drain(messages: "multiprocessing.Queue", receive: Callable[[object], None],
 
 def _worker(number: int, load: Callable[[], LandmarkModel], jobs: list[Job], streams: int,
             tracking: TrackingConfig | None, draw: bool, messages: "multiprocessing.Queue", threads: int,
-            stop: Event) -> None:
+            stop: Event, released) -> None:
     """A worker process: its jobs in lockstep. Whole videos write their CSVs, segments their rows
     files (the parent assembles them as each is reported done); at the end, ``("result", number,
     summaries)``, or the error as text (every process can unpickle it)."""
@@ -195,7 +201,7 @@ def _worker(number: int, load: Callable[[], LandmarkModel], jobs: list[Job], str
             messages.put(("segment", job.segment.video, job.segment.number, summary.problems))
 
     try:
-        run_jobs(jobs, load(), streams, tracking, draw, messages.put, stop, finished)
+        run_jobs(jobs, load(), streams, tracking, draw, messages.put, stop, finished, lambda k: bool(released[k]))
     except Exception as err:
         messages.put(("result", number, f"{type(err).__name__}: {err}"))
         return
