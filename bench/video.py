@@ -30,6 +30,7 @@ import dataclasses
 import functools
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -142,12 +143,15 @@ def long_video(folder: Path, minutes: float = 5.0) -> Path:
     return path
 
 
-def command_seconds(video: Path, out: Path, models: Path, *options: str) -> float:
-    """Wall-clock seconds of ``torch-clnf video VIDEO`` in a new process, start to exit."""
+def command_seconds(video: Path, out: Path, models: Path, *options: str) -> tuple[float, int, int]:
+    """Wall-clock seconds of ``torch-clnf video VIDEO`` in a new process, start to exit, and the
+    frames its summary says were fitted twice and the segments (1 when it says none)."""
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "torch_clnf.cli", "video", str(video), "--models", str(models),
-                    "--out", str(out), "--quiet", *options], check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - start
+    done = subprocess.run([sys.executable, "-m", "torch_clnf.cli", "video", str(video), "--models", str(models),
+                           "--out", str(out), "--quiet", *options], check=True, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    found = re.search(r"(\d+) fitted twice by its (\d+) segments", done.stdout)
+    return seconds, int(found[1]) if found else 0, int(found[2]) if found else 1
 
 
 def landmark_rows(path: Path) -> list:
@@ -161,29 +165,29 @@ def segments_table(args: argparse.Namespace) -> None:
     """The --segments benchmark (see the module's docstring)."""
     import numpy as np
 
-    from torch_clnf.pipelines.outputs import output_stems
-    from torch_clnf.pipelines.videos import plan_jobs
     from torch_clnf.pipelines.workers import auto_workers
 
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
         videos = [VIDEO, long_video(folder)]
-        print("| video | frames | workers × streams | segments | frames fitted twice | segmented f/s | "
+        print("| video | frames | segments | frames fitted twice | segmented f/s | "
               "sequential f/s | speed-up | median / max frame vs sequential (px) | frames > 0.5 px |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|")
         for video in videos:
             frames = FrameReader.describe(video)[0]
-            workers = auto_workers([video])
-            jobs, _ = plan_jobs([video], output_stems([video], folder), 8 * workers)
             times: dict[str, list[float]] = {"segmented": [], "sequential": []}
+            twice, segments = [], 1
             for run in range(args.repeats):
                 for name, options in (("segmented", ()), ("sequential", ("--segments", "1"))):
-                    times[name].append(command_seconds(video, folder / name, args.models, *options))
+                    seconds, refitted, count = command_seconds(video, folder / name, args.models, *options)
+                    times[name].append(seconds)
+                    if name == "segmented":
+                        twice, segments = twice + [refitted], count
             rates = {name: frames / statistics.median(found) for name, found in times.items()}
             segmented, sequential = (landmark_rows(folder / name / f"{video.stem}.csv")
                                      for name in ("segmented", "sequential"))
             d = np.array([np.linalg.norm(a - b, axis=1).mean() for a, b in zip(segmented, sequential)])
-            print(f"| {video.name} | {frames} | {workers} × 8 | {len(jobs)} | {sum(j.frames for j in jobs) - frames} "
+            print(f"| {video.name} | {frames} | {segments} | {statistics.median(twice):.0f} "
                   f"| {rates['segmented']:.1f} | {rates['sequential']:.1f} | "
                   f"{rates['segmented'] / rates['sequential']:.2f}x | {np.median(d):.3f} / {d.max():.2f} | "
                   f"{int((d > 0.5).sum())} |", flush=True)
@@ -193,7 +197,7 @@ def segments_table(args: argparse.Namespace) -> None:
                 load = functools.partial(torch_clnf.load_model, "main_ceclm_general.txt",
                                          ceclm_models(Path(models), args.models), cache=cache, config=config)
                 load()                                              # converted once, before the timing
-                workers = auto_workers([videos[1]])
+                workers = args.workers or auto_workers([videos[1]])
                 start = time.perf_counter()
                 (summary,) = track_videos_in_processes([videos[1]], load, workers, folder / "ceclm", progress=False)
                 seconds = time.perf_counter() - start

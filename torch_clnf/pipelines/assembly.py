@@ -135,14 +135,17 @@ class VideoAssembly:
         self.next_id = 0                       # the next free face number of the video
         self.last_size: tuple[int, int] | None = None
         self.started = time.perf_counter()
-        self.counts = {"frames": 0, "tracked": 0, "detections": 0, "broken": 0}
+        self.counts = {"frames": 0, "tracked": 0, "detections": 0, "broken": 0, "fitted": 0}
         self.problems: list[str] = []
         self.parts[0].shift = 0                # the first segment's numbers are the video's
 
-    def finished(self, number: int, problems: list[str] | None = None, failure: str | None = None) -> None:
-        """Segment ``number`` is done (``failure``: its process died; its rows so far are kept)."""
+    def finished(self, number: int, problems: list[str] | None = None, failure: str | None = None,
+                 fitted: int = 0) -> None:
+        """Segment ``number`` is done, having fitted ``fitted`` frames (``failure``: its process died;
+        its rows so far are kept)."""
         part = self.parts[number]
         part.done, part.failure = True, failure
+        self.counts["fitted"] += fitted
         for problem in problems or []:
             if problem not in self.problems:
                 self.problems.append(problem)
@@ -197,7 +200,8 @@ class VideoAssembly:
         self.csv.close()
         if self.writer is not None:
             self.writer.release()
-        return AssemblySummary(self.csv.path, self.counts, self.problems, time.perf_counter() - self.started)
+        return AssemblySummary(self.csv.path, self.counts, self.problems, time.perf_counter() - self.started,
+                               len(self.parts))
 
     # reading
 
@@ -350,12 +354,13 @@ class VideoAssembly:
 
 @dataclass
 class AssemblySummary:
-    """What an assembly wrote: the CSV, the frame counts, the problems, the seconds it took."""
+    """What an assembly wrote: the CSV, the frame counts, the problems, the seconds it took, the segments."""
 
     csv: Path
     counts: dict[str, int]
     problems: list[str]
     seconds: float
+    segments: int
 
 
 def _frames(rows: list[_Row], shift: int) -> dict[int, list[_Row]]:

@@ -51,6 +51,9 @@ class VideoSummary:
         broken: frames that could not be decoded.
         problems: what went wrong, in words (empty when nothing did).
         seconds: wall-clock time from the first to the last frame of this video.
+        refitted: frames fitted twice, by the segments of a video cut into several (their
+            warm-ups, and the frames tracked by two while they came to agree).
+        segments: the segments the video was cut into (1: tracked from start to end).
     """
 
     source: Path
@@ -61,20 +64,24 @@ class VideoSummary:
     broken: int = 0
     problems: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    refitted: int = 0
+    segments: int = 1
 
     @staticmethod
     def assembled(source: Path, done: AssemblySummary) -> "VideoSummary":
         """The summary of a video written by the assembly of its segments."""
         counts = done.counts
         return VideoSummary(source, done.csv, counts["frames"], counts["tracked"], counts["detections"],
-                            counts["broken"], done.problems, done.seconds)
+                            counts["broken"], done.problems, done.seconds, max(0, counts["fitted"] - counts["frames"]),
+                            done.segments)
 
     def line(self) -> str:
         """One line for a run's report."""
         state = "; ".join(self.problems) if self.problems else "ok"
         rate = self.frames / self.seconds if self.seconds > 0 else 0.0
+        segments = f", {self.refitted} fitted twice by its {self.segments} segments" if self.segments > 1 else ""
         return (f"{self.source}: {self.frames} frames, {self.tracked} with a face ({self.detections} detections, "
-                f"{self.broken} undecodable), {rate:.1f} frames/s — {state}")
+                f"{self.broken} undecodable{segments}), {rate:.1f} frames/s — {state}")
 
 
 @dataclass(frozen=True)
@@ -281,7 +288,7 @@ def track_videos(sources: Sequence[str | Path], model: LandmarkModel, out_dir: s
 
     def finished(job: Job, summary: VideoSummary) -> None:
         if job.segmented:
-            assemblies[job.segment.video].finished(job.segment.number, summary.problems)
+            assemblies[job.segment.video].finished(job.segment.number, summary.problems, fitted=summary.frames)
         else:
             summaries[job.segment.video] = summary
 

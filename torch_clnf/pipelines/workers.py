@@ -108,8 +108,8 @@ def track_videos_in_processes(sources: Sequence[str | Path], load: Callable[[], 
             if bar is not None:
                 bar.update(message)
         elif message[0] == "segment":                       # a segment is done: its rows can be assembled
-            _, video, number, problems = message
-            assemblies[video].finished(number, problems)
+            _, video, number, problems, fitted = message
+            assemblies[video].finished(number, problems, fitted=fitted)
         else:                                               # ("result", worker, summaries or an error message)
             results[message[1]] = message[2]
 
@@ -198,7 +198,7 @@ def _worker(number: int, load: Callable[[], LandmarkModel], jobs: list[Job], str
     def finished(job: Job, summary: VideoSummary) -> None:
         summaries[job] = summary
         if job.segmented:
-            messages.put(("segment", job.segment.video, job.segment.number, summary.problems))
+            messages.put(("segment", job.segment.video, job.segment.number, summary.problems, summary.frames))
 
     try:
         run_jobs(jobs, load(), streams, tracking, draw, messages.put, stop, finished, lambda k: bool(released[k]))
