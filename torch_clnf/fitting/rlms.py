@@ -1,19 +1,20 @@
 """NU-RLMS: regularised landmark mean-shift, vectorised over faces and landmarks."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import weakref
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
 
 from ..models import PointDistributionModel
-from ..models.pdm import clamp_between, diagonal, regularised_step
+from ..models.pdm import clamp_between, diagonal, gauss_newton_step
 from ..models.compiling import compiled_function
 from ..models.constants import constant
 from ..models.rotation import euler_to_matrix, matrix_to_euler
-from ..models.sync import syncs_cheaply
+from ..models.sync import static_graph, syncs_cheaply
 from .config import FitConfig
-from .mean_shift import Sigma, log_likelihood, mean_shift_at
+from .mean_shift import KernelTable, Sigma, kernel_table, log_likelihood, mean_shift_at
 
 
 @dataclass
@@ -39,6 +40,16 @@ class ResponseFrame:
     weights: torch.Tensor
     windows: torch.Tensor | None = None
     points: torch.Tensor | None = None
+    _shared: tuple | None = field(default=None, repr=False, compare=False)
+
+    def shared(self, sigma: Sigma, kde_step: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, "KernelTable"]:
+        """What both phases of a scale take from its frame, made once: the (B, 2n, 1) weights per
+        coordinate (0 where not visible), the two similarities transposed, the KDE kernels."""
+        if self._shared is None or self._shared[0] is not sigma or self._shared[1] != kde_step:
+            weights = (self.weights * self.visible).repeat_interleave(2, 1)[..., None]
+            self._shared = (sigma, kde_step, (weights, self.image_to_reference.mT, self.reference_to_image.mT,
+                                              kernel_table(self.maps.shape[-1], sigma, kde_step, self.base_shape)))
+        return self._shared[2]
 
 
 class PhaseResult(NamedTuple):
@@ -58,16 +69,17 @@ class PhaseResult(NamedTuple):
 
 
 class _Iterate(NamedTuple):
-    """The state NU-RLMS carries from one iteration to the next (all (B, ...) batched)."""
+    """The state NU-RLMS carries from one iteration to the next (all (B, ...) batched; the flags
+    shaped (B, 1, 1) as the tensors they select between)."""
 
     params_global: torch.Tensor
     params_local: torch.Tensor
     rotation: torch.Tensor          # (B, 3, 3), the rotation of params_global (see PointDistributionModel.rotate)
     shape: torch.Tensor             # (B, n, 2) the projection of the params, pixels
-    jacobian: torch.Tensor          # (B, n, 2, k) its Jacobian
-    running: torch.Tensor           # (B,) bool, neither converged nor failed nor inactive
-    failed: torch.Tensor            # (B,) bool
-    moved: torch.Tensor             # (B,) bool, took at least one step
+    jacobian: torch.Tensor          # (B, 2n, k) its Jacobian, rows x₀, y₀, x₁, …
+    running: torch.Tensor           # (B, 1, 1) bool, neither converged nor failed nor inactive
+    failed: torch.Tensor            # (B, 1, 1) bool
+    moved: torch.Tensor             # (B, 1, 1) bool, took at least one step
     last: torch.Tensor              # (B, n, 2) map positions of the last step, for the likelihood
 
 
@@ -76,12 +88,13 @@ class _System(NamedTuple):
     per-face tables with a leading B where each face has its own model)."""
 
     regulariser: torch.Tensor       # (k, k) diag(prior)
-    prior_local: torch.Tensor       # (1, m) or (B, 1, m), the negated prior of the local params
+    prior_rows: torch.Tensor | None     # (m, k) or (B, m, k): p ↦ −Λ p as a row; None in a rigid phase
     low: torch.Tensor               # (m,) or (B, m), the bounds of the local params
     high: torch.Tensor
     weights: torch.Tensor           # (B, 2n, 1) per coordinate
     image_to_reference: torch.Tensor    # (B, 2, 2), transposed: rows @ it maps points
     reference_to_image: torch.Tensor    # (B, 2, 2), transposed
+    kernels: KernelTable                # the mean-shift's KDE kernels
     centre: torch.Tensor                # the maps' centre, map pixels: 0-dim, or (B, 1, 1) per face
 
 
@@ -110,31 +123,49 @@ def nu_rlms(pdm: PointDistributionModel, params_global: torch.Tensor, params_loc
         centre = constant((frame.maps.shape[-1] - 1) / 2, params_global)
     else:
         centre = ((frame.windows - 1) / 2).to(params_global.dtype)[:, None, None]
-    prior = pdm.prior(reg_factor, rigid)                                          # (k,) or (B, k)
     # the rotation is carried as a matrix through the iterations and read back as Euler angles at
     # the end (OpenFace converts at every step: the same rotation, up to float rounding)
     start_rotation = params_global[:, 1:4]
     rotation = euler_to_matrix(start_rotation)
     shape, jacobian = pdm.project_with_jacobian(params_global, params_local, rigid, rotation)   # (B, n, 2), (B, n, 2, k)
     last = (shape - frame.base_shape) @ frame.image_to_reference.transpose(1, 2) + centre     # for the likelihood
-    state = _Iterate(params_global, params_local, rotation, shape, jacobian, active.clone(), torch.zeros_like(active),
-                     torch.zeros_like(active), last)
-    limit = pdm.local_limit(shape_sigmas)
-    system = _System(diagonal(prior), -prior[..., None, 6:], -limit, limit,
-                     (frame.weights * frame.visible).repeat_interleave(2, 1)[..., None],
-                     frame.image_to_reference.mT, frame.reference_to_image.mT, centre)
+    flags = active.view(-1, 1, 1)
+    state = _Iterate(params_global, params_local, rotation, shape, jacobian.flatten(1, 2), flags.clone(),
+                     torch.zeros_like(flags), torch.zeros_like(flags), last)
+    regulariser, prior_rows, low, high = _priors(pdm, reg_factor, rigid, shape_sigmas)
+    system = _System(regulariser, prior_rows, low, high, *frame.shared(sigma, kde_step), centre)
     if compiled:
         state = compiled_function(iterations_unrolled)(pdm, frame, state, system, rigid, sigma, convergence, kde_step,
                                                        shape_sigmas, iterations)
-    for _ in range(0 if compiled else iterations):
-        if syncs_cheaply(state.running) and not bool(state.running.any()):
-            break
+    for k in range(0 if compiled else iterations):
+        if k and syncs_cheaply(state.running) and not bool(state.running.any()):   # (the first: a masked no-op
+            break                                                                 # where no face is active)
         state = iteration(pdm, frame, state, system, rigid, sigma, convergence, kde_step, shape_sigmas)
-    euler = torch.where(state.moved[:, None], matrix_to_euler(state.rotation), start_rotation)
+    euler = torch.where(state.moved.view(-1, 1), matrix_to_euler(state.rotation), start_rotation)
     params_global = torch.cat([state.params_global[:, :1], euler, state.params_global[:, 4:]], 1)
     fit_likelihood = log_likelihood(frame.maps, state.last[..., 0], state.last[..., 1], frame.visible, sigma) \
         if likelihood else None
-    return PhaseResult(params_global, state.params_local, fit_likelihood, state.failed)
+    return PhaseResult(params_global, state.params_local, fit_likelihood, state.failed.view(-1))
+
+
+_constants: "weakref.WeakKeyDictionary[PointDistributionModel, dict]" = weakref.WeakKeyDictionary()
+
+
+def _priors(pdm: PointDistributionModel, reg_factor: float | torch.Tensor, rigid: bool,
+            shape_sigmas: float) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """A phase's regulariser Λ (k, k), its local rows negated (m, k) (None when rigid), and the
+    local params' bounds; per face (leading B) where the model or ``reg_factor`` is. Made once per
+    model and number ``reg_factor`` (some 15 operations a phase otherwise)."""
+    key = (reg_factor, rigid, shape_sigmas, id(pdm.eigenvalues))
+    kept = not isinstance(reg_factor, torch.Tensor) and not static_graph()      # (a traced graph's are not kept)
+    found = _constants.setdefault(pdm, {}).get(key) if kept else None
+    if found is None:
+        regulariser = diagonal(pdm.prior(reg_factor, rigid))                      # (k, k) or (B, k, k)
+        limit = pdm.local_limit(shape_sigmas)
+        found = (regulariser, None if rigid else -regulariser[..., 6:, :], -limit, limit)
+        if kept:
+            _constants[pdm][key] = found                                          # a few per model: scales × 2
+    return found
 
 
 class ScaleFit(NamedTuple):
@@ -188,21 +219,23 @@ def iteration(pdm: PointDistributionModel, frame: ResponseFrame, state: _Iterate
     than its arithmetic. A face that no longer runs takes a zero step (its params and rotation
     are unchanged by it, exactly)."""
     params_global, params_local, rotation, shape, jacobian, running, failed, moved, last = state
+    batch = shape.shape[0]
     position = torch.bmm(shape - frame.base_shape, system.image_to_reference) + system.centre    # (B, n, 2) map pixels
-    last = torch.where(running[:, None, None], position, last)
-    shift = torch.bmm(mean_shift_at(frame.maps, position, sigma, kde_step, frame.windows),
+    last = torch.where(running, position, last)
+    shift = torch.bmm(mean_shift_at(frame.maps, position, sigma, kde_step, frame.windows, system.kernels),
                       system.reference_to_image)                                  # pixels
-    step, solved = regularised_step(jacobian, system.weights, shift, system.regulariser,   # W is 0 where not visible
-                                    None if rigid else system.prior_local, params_local)
+    prior = None if rigid else params_local.unsqueeze(1) @ system.prior_rows      # (B, 1, k) −Λ p
+    step, solved = gauss_newton_step(jacobian, system.weights, shift.view(batch, 1, -1),   # W is 0 where not visible
+                                     system.regulariser, prior)                   # (B, k, 1), (B, 1, 1)
     taken = running & solved
-    failed = failed | (running & ~solved)
-    keep = taken[:, None]
-    step = torch.where(keep, step, constant(0.0, step))
+    failed = failed | (running != taken)                                          # running, not solved
+    step = torch.where(taken, step, constant(0.0, step)).view(batch, -1)
     params_global, new_local = pdm.add_step(params_global, params_local, step)
-    params_local = torch.where(keep, clamp_between(new_local, system.low, system.high), params_local)
+    params_local = torch.where(taken.view(batch, 1), clamp_between(new_local, system.low, system.high), params_local)
     rotation = pdm.rotate(rotation, step)
     moved = moved | taken
     new_shape, jacobian = pdm.project_with_jacobian(params_global, params_local, rigid, rotation)
     moves = new_shape - shape if frame.points is None else (new_shape - shape) * frame.points   # padding: not the model's
-    running = taken & (torch.linalg.vector_norm(moves.flatten(1), dim=1) >= constant(convergence, shape))
-    return _Iterate(params_global, params_local, rotation, new_shape, jacobian, running, failed, moved, last)
+    running = taken & (torch.linalg.vector_norm(moves, dim=(1, 2), keepdim=True) >= constant(convergence, shape))
+    return _Iterate(params_global, params_local, rotation, new_shape, jacobian.flatten(1, 2), running, failed, moved,
+                    last)

@@ -24,8 +24,10 @@ def solve(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
         x: (B, k, r); info: (B,) int32, non-zero where LAPACK found ``a`` not positive definite.
     """
     if not static_graph():
-        factor, info = torch.linalg.cholesky_ex(a)        # two triangular solves: as fast, and on every device
-        half = torch.linalg.solve_triangular(factor, b, upper=False)
+        factor, info = torch.linalg.cholesky_ex(a)
+        if a.device.type != "mps":
+            return torch.cholesky_solve(b, factor), info
+        half = torch.linalg.solve_triangular(factor, b, upper=False)      # MPS has no cholesky_solve
         return torch.linalg.solve_triangular(factor.mT, half, upper=True), info
     k = a.shape[-1]
     eye = torch.eye(k, dtype=a.dtype, device=a.device)

@@ -8,7 +8,7 @@ from ..openface import PDMData
 from .constants import constant
 from .linalg import cross, solve
 from .rotation import euler_to_matrix, matrix_to_euler, small_rotation
-from .sync import syncs_cheaply
+from .sync import static_graph, syncs_cheaply
 
 
 class PointDistributionModel(nn.Module):
@@ -48,6 +48,7 @@ class PointDistributionModel(nn.Module):
         device = components.device
         self.register_buffer("_eye2", torch.eye(2, dtype=dtype, device=device), persistent=False)
         self.register_buffer("_additive", torch.tensor([1.0, 0, 0, 0, 1, 1], dtype=dtype, device=device), persistent=False)
+        self._translations: dict[int, torch.Tensor] = {}
 
     @property
     def num_points(self) -> int:
@@ -130,8 +131,13 @@ class PointDistributionModel(nn.Module):
         return landmarks, torch.cat(columns, -1)
 
     def _translation_columns(self, batch: int) -> torch.Tensor:
-        """(B, n, 2, 2) identity blocks: d landmarks / d (tx, ty)."""
-        return self._eye2.expand(batch, self.num_points, 2, 2)
+        """(B, n, 2, 2) identity blocks: d landmarks / d (tx, ty) (a view, kept per batch size)."""
+        if static_graph():                                   # (a traced batch size is symbolic)
+            return self._eye2.expand(batch, self.num_points, 2, 2)
+        found = self._translations.get(batch)
+        if found is None or found._base is not self._eye2:
+            found = self._translations[batch] = self._eye2.expand(batch, self.num_points, 2, 2)
+        return found
 
     def update(self, params_global: torch.Tensor, params_local: torch.Tensor | None,
                delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -222,16 +228,16 @@ class PointDistributionModel(nn.Module):
         params = torch.cat([scale[:, None], rotation, (low + high) / 2], 1)
         local = landmarks.new_zeros(batch, self.num_modes)
 
-        prior = self.prior(1.0)
-        regulariser, prior_local = diagonal(prior), -prior[..., None, 6:]
+        regulariser = diagonal(self.prior(1.0))
+        prior_rows = -regulariser[..., 6:, :]                                       # p ↦ −Λ p, as a row
         start_rotation = params[:, 1:4]
         rotation = euler_to_matrix(start_rotation)                  # carried as a matrix, as in nu_rlms
-        moved = torch.zeros(batch, dtype=torch.bool, device=landmarks.device)
+        moved = torch.zeros(batch, 1, 1, dtype=torch.bool, device=landmarks.device)
         projected, jacobian = self.project_with_jacobian(params, local, rotation=rotation)
         weight2 = weight.repeat_interleave(2, 1)[..., None]                          # (B, 2n, 1)
         current = torch.sqrt(((projected - landmarks).square().sum(-1) * weight).sum(1))
         stalls = torch.zeros(batch, dtype=torch.long, device=landmarks.device)
-        state = (params, local, rotation, projected, jacobian, current, stalls, moved)
+        state = (params, local, rotation, projected, jacobian.flatten(1, 2), current, stalls, moved)
         if compiled:                        # blocks of CHECK_EVERY masked steps, one compiled graph each
             from .compiling import compiled_function
 
@@ -239,15 +245,15 @@ class PointDistributionModel(nn.Module):
             for _ in range(0, max_iterations, CHECK_EVERY):
                 if not bool((state[6] < 3).any()):
                     break
-                state = block(self, landmarks, weight, weight2, prior_local, regulariser, state, CHECK_EVERY)
+                state = block(self, landmarks, weight, weight2, prior_rows, regulariser, state, CHECK_EVERY)
         else:
             check_every = 1 if syncs_cheaply(landmarks) else CHECK_EVERY      # GPUs: read the flags back less often
             for iteration in range(max_iterations):
                 if iteration % check_every == 0 and not bool((state[6] < 3).any()):
                     break
-                state = _calc_params_steps(self, landmarks, weight, weight2, prior_local, regulariser, state, 1)
+                state = _calc_params_steps(self, landmarks, weight, weight2, prior_rows, regulariser, state, 1)
         params, local, rotation, _, _, _, _, moved = state
-        euler = torch.where(moved[:, None], matrix_to_euler(rotation), start_rotation)
+        euler = torch.where(moved.view(batch, 1), matrix_to_euler(rotation), start_rotation)
         return torch.cat([params[:, :1], euler, params[:, 4:]], 1), local
 
 
@@ -278,37 +284,60 @@ def regularised_step(jacobian: torch.Tensor, weights: torch.Tensor, residual: to
     Returns:
         step: (B, k); solved: (B,) bool, where the system was positive definite and the step finite.
     """
-    flat = jacobian.flatten(1, 2)                                                 # (B, 2n, k)
-    weighted = flat * weights                                                     # W J
-    gradient = torch.bmm(residual.flatten(1).unsqueeze(1), weighted)              # (B, 1, k): a row, faster than JᵀW r
+    batch, k = jacobian.shape[0], jacobian.shape[-1]
+    prior = None
     if prior_local is not None:
-        gradient[..., 6:].add_(prior_local * params_local.unsqueeze(1))
-    step, info = solve(torch.baddbmm(regulariser, weighted.mT, flat), gradient.mT)
-    solved = info.logical_not() & (step.sum((1, 2)).abs() < constant(torch.inf, step))         # and finite
-    return step.squeeze(-1), solved
+        prior = torch.cat([params_local.new_zeros(batch, 1, 6), prior_local * params_local.unsqueeze(1)], -1)
+    step, solved = gauss_newton_step(jacobian.flatten(1, 2), weights, residual.reshape(batch, 1, -1), regulariser, prior)
+    return step.view(batch, k), solved.view(batch)
+
+
+def gauss_newton_step(jacobian: torch.Tensor, weights: torch.Tensor, residual: torch.Tensor, regulariser: torch.Tensor,
+                      prior: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`regularised_step` in the layouts the fitting loops carry (few operations a step).
+
+    Args:
+        jacobian: (B, 2n, k), rows x₀, y₀, x₁, …; weights: (B, 2n, 1); residual: (B, 1, 2n), a row.
+        regulariser: Λ, (k, k) or (B, k, k); prior: (B, 1, k) the row ``−Λ p`` (None: a rigid step).
+    Returns:
+        step: (B, k, 1); solved: (B, 1, 1) bool.
+    """
+    weighted = jacobian * weights                                                 # W J
+    gradient = torch.bmm(residual, weighted)                                      # a row, faster than JᵀW r
+    if prior is not None:
+        gradient = gradient + prior                  # (not baddbmm: its rounding differs, this is OpenFace's)
+    step, info = solve(torch.baddbmm(regulariser, weighted.mT, jacobian), gradient.mT)
+    solved = (step.sum((1, 2), keepdim=True).abs() < constant(torch.inf, step)) & (info.view(-1, 1, 1) == 0)
+    return step, solved
 
 
 def _calc_params_steps(pdm: PointDistributionModel, landmarks: torch.Tensor, weight: torch.Tensor, weight2: torch.Tensor,
-                       prior_local: torch.Tensor, regulariser: torch.Tensor, state: tuple[torch.Tensor, ...],
+                       prior_rows: torch.Tensor, regulariser: torch.Tensor, state: tuple[torch.Tensor, ...],
                        steps: int) -> tuple[torch.Tensor, ...]:
     """``steps`` damped Gauss-Newton steps of :meth:`PointDistributionModel.params_from_landmarks`
-    on ``state`` = (params, local, rotation, projected, jacobian, error, stalls, moved), ``weight2``
-    the (B, 2n, 1) per-coordinate ``weight``, ``prior_local`` the negated prior of the local params
-    (1, m) or (B, 1, m) and ``regulariser`` the prior's diagonal matrix. A face whose error stalled
-    three times takes zero steps, which leave it exactly as it is. Reads nothing back on the host."""
+    on ``state`` = (params, local, rotation, projected, jacobian (B, 2n, k), error, stalls, moved
+    (B, 1, 1)), ``weight2`` the (B, 2n, 1) per-coordinate ``weight``, ``prior_rows`` the (m, k) or
+    (B, m, k) map of the local params to the row ``−Λ p`` and ``regulariser`` Λ. A face whose error
+    stalled three times takes zero steps, which leave it exactly as it is. Reads nothing back on
+    the host."""
     params, local, rotation, projected, jacobian, current, stalls, moved = state
+    batch = params.shape[0]
     three, zero = constant(3, stalls), constant(0.0, params)
     for _ in range(steps):
         active = stalls < three
-        step, solved = regularised_step(jacobian, weight2, landmarks - projected, regulariser, prior_local, local)
+        step, solved = gauss_newton_step(jacobian, weight2, (landmarks - projected).view(batch, 1, -1), regulariser,
+                                         local.unsqueeze(1) @ prior_rows)
+        solved = solved.view(batch)
         stalls = torch.where(active & ~solved, three, stalls)                     # degenerate landmarks: stop there
         active = active & solved
-        step = torch.where(active[:, None], constant(0.75, step) * step, zero)
+        taken = active.view(batch, 1, 1)
+        step = torch.where(taken, constant(0.75, step) * step, zero).view(batch, -1)
         rotation = pdm.rotate(rotation, step)
         params, local = pdm.add_step(params, local, step)
         projected, jacobian = pdm.project_with_jacobian(params, local, rotation=rotation)
+        jacobian = jacobian.flatten(1, 2)
         error = torch.sqrt(((projected - landmarks).square().sum(-1) * weight).sum(1))
-        moved = moved | active
+        moved = moved | taken
         stalls = stalls + (active & (constant(0.999, current) * current < error)).to(stalls.dtype)
         current = error
     return params, local, rotation, projected, jacobian, current, stalls, moved

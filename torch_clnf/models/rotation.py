@@ -7,6 +7,7 @@ import torch
 
 from .constants import constant
 from .linalg import asin, atan2
+from .sync import static_graph
 
 
 def _euler_terms() -> torch.Tensor:
@@ -89,9 +90,13 @@ def small_rotation(delta: torch.Tensor) -> torch.Tensor:
         (..., 3, 3).
     """
     one = constant(1.0, delta)
-    c = torch.sqrt(delta.square().sum(-1, keepdim=True) + one).unsqueeze(-1)       # (..., 1, 1)
+    column = delta.unsqueeze(-1)                                                     # (..., 3, 1)
+    c = torch.sqrt(column.square().sum(-2, keepdim=True) + one)                      # (..., 1, 1)
     linear = torch.addmm(constant(_EYE, delta), delta.reshape(-1, 3), constant(_SKEW, delta))   # I + K, flat
-    return (linear.view(*delta.shape[:-1], 3, 3) + delta.unsqueeze(-1) * delta.unsqueeze(-2) / (c + one)) / c
+    linear, outer = linear.view(*delta.shape[:-1], 3, 3), column * delta.unsqueeze(-2)
+    if static_graph():                                                             # Core ML has no addcdiv
+        return (linear + outer / (c + one)) / c
+    return torch.addcdiv(linear, outer, c + one) / c
 
 
 _EYE = torch.eye(3, dtype=torch.float64).flatten()
