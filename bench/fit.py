@@ -1,14 +1,16 @@
 """Landmark fitting speed: torch_clnf vs OpenFace C++'s fit times in the reference CSVs.
 
     python bench/fit.py [--models DIR] [--device cpu|cuda|mps] [--batches 1 8 64] [--repeats 10] [--threads 1 2]
-                        [--ceclm] [--compile] [--parts-alone]
+                        [--ceclm] [--compile] [--capture] [--parts-alone]
 
 Fits from the recorded MTCNN boxes of ../shared/media/sample1–6.jpg (CLNF general model, part
 models on, as the C++ reference); batches repeat those six faces. Image decoding is excluded on
 both sides. With --ceclm, also CE-CLM on full-size synthetic CEN files (real layer shapes, random
 weights) written by ../shared/tools/make_synthetic_cen.py. With --parts-alone, also CLNF with every
 part group refitted on its own (batches of up to 8 faces otherwise refit all their parts jointly,
-torch_clnf.fitting.parts), the two timed in turns, call by call.
+torch_clnf.fitting.parts), the two timed in turns, call by call. With --capture, also CLNF with
+FitConfig(capture=True) (on CUDA the scales of each batch replayed as CUDA graphs; the first fits of
+each batch size capture them, timed apart).
 """
 from __future__ import annotations
 
@@ -56,11 +58,11 @@ def run(name: str, model: torch_clnf.LandmarkModel, batches: list[int], device: 
     for batch, count in ((b, t) for b in batches for t in threads):
         model.threads = count                                 # None: torch_clnf's choice per call
         greys, boxes, index = faces(batch, device)
-        if model.config.compile:          # compile (or load from the disk cache) this batch size's graphs first
+        if model.config.compile or model.config.capture:    # compile / capture this batch size's graphs first
             start = time.perf_counter()
             for _ in range(2):
                 model.fit(greys, boxes, image_index=index)
-            print(f"# compiling for {batch} faces: {time.perf_counter() - start:.0f} s", flush=True)
+            print(f"# compiling or capturing for {batch} faces: {time.perf_counter() - start:.0f} s", flush=True)
         joint = model.fitter.joint_parts_max_faces
 
         def fit(joint_parts_max_faces: int) -> None:
@@ -87,6 +89,7 @@ def main() -> None:
                         "one run): numbers, or auto for torch_clnf's choice per call (the default)")
     parser.add_argument("--ceclm", action="store_true", help="also time CE-CLM on full-size synthetic CEN files")
     parser.add_argument("--compile", action="store_true", help="also time CLNF with FitConfig(compile=True)")
+    parser.add_argument("--capture", action="store_true", help="also time CLNF with FitConfig(capture=True)")
     parser.add_argument("--parts-alone", action="store_true",
                         help="also time CLNF with each part group refitted on its own (no joint part refits)")
     args = parser.parse_args()
@@ -102,6 +105,9 @@ def main() -> None:
     if args.compile:
         model = torch_clnf.load_model("main_clnf_general.txt", args.models, device=device, config=FitConfig(compile=True))
         run("CLNF compiled", model, args.batches, device, args.repeats, cpp_clnf, threads)
+    if args.capture:
+        model = torch_clnf.load_model("main_clnf_general.txt", args.models, device=device, config=FitConfig(capture=True))
+        run("CLNF captured", model, args.batches, device, args.repeats, cpp_clnf, threads)
     if args.ceclm:
         with tempfile.TemporaryDirectory() as folder, tempfile.TemporaryDirectory() as cache:
             model = torch_clnf.load_model("main_ceclm_general.txt", ceclm_models(Path(folder), args.models),

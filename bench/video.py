@@ -9,6 +9,7 @@ faces per frame). Two timings, each the median of --repeats runs:
   end-to-end — track_videos: decoding in its thread, fitting, CSV rows written.
 With --workers W (CPU), also W processes each tracking N copies in lockstep
 (track_videos_in_processes: W·N videos), end to end, process start-up included.
+With --capture, also CLNF with FitConfig(capture=True) (CUDA graphs; see torch_clnf.fitting.capture).
 With --ceclm, CE-CLM on full-size synthetic CEN files (real layer shapes, random weights; its
 fits are meaningless, so validation is off and every frame is tracked, as the C++ timing was).
 With --threads auto 1 2, each thread setting (auto: torch_clnf's choice per call) is timed in
@@ -230,6 +231,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=0, help="also W worker processes (end to end)")
     parser.add_argument("--fit-only", action="store_true", help="skip the end-to-end (track_videos) timing")
     parser.add_argument("--ceclm", action="store_true")
+    parser.add_argument("--capture", action="store_true", help="also CLNF with FitConfig(capture=True) (CUDA graphs)")
     parser.add_argument("--threads", nargs="+", help="thread settings to compare end to end: auto and/or numbers")
     parser.add_argument("--busy", type=int, default=0, help="other processes keeping a core busy each meanwhile")
     parser.add_argument("--segments", action="store_true", help="one video end to end: segmented against "
@@ -248,6 +250,10 @@ def main() -> None:
             threads_table(model, args)
         return
     report("CLNF", model, args, CPP_CLNF_MS, end_to_end=not args.fit_only)
+    if args.capture:
+        captured = torch_clnf.load_model("main_clnf_general.txt", args.models, device=args.device,
+                                         config=torch_clnf.FitConfig(capture=True))
+        report("CLNF captured", captured, args, CPP_CLNF_MS, end_to_end=not args.fit_only)
     if args.ceclm:
         with tempfile.TemporaryDirectory() as folder, tempfile.TemporaryDirectory() as cache:
             config = dataclasses.replace(torch_clnf.FitConfig(), validate=False)

@@ -79,7 +79,7 @@ def _loader(args: argparse.Namespace) -> functools.partial:
         device = str(checked_device(args.device))
     except ValueError as err:
         raise UsageError(str(err)) from None
-    config = FitConfig(refine_hierarchical=not args.no_parts, compile=args.compile)
+    config = FitConfig(refine_hierarchical=not args.no_parts, compile=args.compile, capture=args.capture)
     return functools.partial(load_model, args.model, args.models, device=device, config=config, threads=args.threads)
 
 
@@ -359,6 +359,8 @@ def _model_options(command: argparse.ArgumentParser) -> None:
                          "for a few faces, more for large batches where cores are free; see torch_clnf.threads)")
     command.add_argument("--compile", action="store_true", help="compile NU-RLMS with torch.compile: about 1.5x "
                          "faster on a CPU after minutes of compiling (cached on disk); for long runs")
+    command.add_argument("--capture", action="store_true", help="on CUDA, fit each batch as captured CUDA graphs "
+                         "(batches padded to powers of two; see torch_clnf.fitting.capture); no faster elsewhere")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -48,6 +48,10 @@ class FitConfig:
             (:mod:`~torch_clnf.models.compiling`): about 1.5× faster tracking on a CPU, same
             results up to float rounding, but the first fits of a process compile for minutes
             (cached on disk for later processes).
+        capture: fit the scales of a batch as one captured graph (:mod:`~torch_clnf.fitting.capture`):
+            on CUDA compiled and replayed as CUDA graphs, batches padded to powers of two; every
+            iteration runs (finished faces masked), same results up to float rounding. Elsewhere
+            the same padded static fit runs uncompiled (no faster).
         min_scale: a fit whose scale drops below this fails (the face is too small).
         kde_step: the mean-shift's KDE grid, reference-frame pixels.
         shape_sigmas: local params are clamped to ± this many standard deviations.
@@ -67,6 +71,7 @@ class FitConfig:
     refine_parameters: bool = True
     refine_hierarchical: bool = True
     compile: bool = False
+    capture: bool = False
     min_scale: float = 0.25
     kde_step: float = 0.1
     shape_sigmas: float = 3.0

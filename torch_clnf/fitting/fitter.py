@@ -9,8 +9,9 @@ from torch import nn
 from ..models import CCNFExperts, CENExperts, PointDistributionModel
 from ..models.linalg import inverse
 from ..models.stacking import StackedExperts, StackedPDM, per_face_model
-from ..models.sync import syncs_cheaply
+from ..models.sync import static_graph, syncs_cheaply
 from ..openface import OpenFaceModel
+from .capture import CapturedFit, MainFit
 from .config import FitConfig
 from .parts import JOINT_PARTS_MAX_FACES, JointParts, PartInput
 from .rlms import ResponseFrame, fit_scale
@@ -53,6 +54,7 @@ class ModelFitter(nn.Module):
 
     pdm: PointDistributionModel | StackedPDM
     joint_parts_max_faces: int = JOINT_PARTS_MAX_FACES      # batches this small refit their parts jointly
+    _captured: CapturedFit | None = None                   # the main fit's graphs (FitConfig.capture)
 
     def __init__(self, model: OpenFaceModel, config: FitConfig, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
@@ -140,6 +142,29 @@ class ModelFitter(nn.Module):
         A :meth:`stacked` fitter of M members takes B = M · b faces, member m's in block m.
         """
         cfg = self.config
+        members = self.pdm.members if isinstance(self.pdm, StackedPDM) else 1
+        pdm, _ = per_face_model(self.pdm, params_global.shape[0] // members)
+        if cfg.capture and members == 1 and not static_graph():
+            if self._captured is None:
+                self._captured = CapturedFit(self)
+            main = self._captured(padded, image_index, params_global, params_local, tuple(window_sizes), active)
+        else:
+            main = self.main_fit(padded, image_index, params_global, params_local, window_sizes, active)
+        params_global, params_local, success, likelihood, view = main
+        landmarks = pdm.project(params_global, params_local)
+        state = FitState(params_global, params_local, landmarks, likelihood, success, view)
+        if parts and cfg.refine_hierarchical and len(self.parts):
+            state = self.refine_parts(padded, image_index, state, success)
+        finite = torch.isfinite(state.landmarks).flatten(1).all(1) & torch.isfinite(state.params_global).all(1)
+        state.success = state.success & finite
+        return state
+
+    def main_fit(self, padded: torch.Tensor, image_index: torch.Tensor, params_global: torch.Tensor,
+                 params_local: torch.Tensor, window_sizes: tuple[int, ...],
+                 active: torch.Tensor | None = None) -> MainFit:
+        """The scales of :meth:`fit` (OpenFace's ``CLNF::Fit``), without the parts: (B, 6) and (B, m)
+        params, (B,) success, likelihood and view."""
+        cfg = self.config
         batch = params_global.shape[0]
         members = self.pdm.members if isinstance(self.pdm, StackedPDM) else 1
         pdm, member = per_face_model(self.pdm, batch // members)                  # member: None for one model
@@ -156,13 +181,7 @@ class ModelFitter(nn.Module):
             view = torch.where(active, view_now, view)
             params_global, params_local, active, success, likelihood = fit_scale(
                 pdm, params_global, params_local, frame, sigma, reg, cfg, active, success, likelihood)
-        landmarks = pdm.project(params_global, params_local)
-        state = FitState(params_global, params_local, landmarks, likelihood, success, view)
-        if parts and cfg.refine_hierarchical and len(self.parts):
-            state = self.refine_parts(padded, image_index, state, success)
-        finite = torch.isfinite(state.landmarks).flatten(1).all(1) & torch.isfinite(state.params_global).all(1)
-        state.success = state.success & finite
-        return state
+        return MainFit(params_global, params_local, success, likelihood, view)
 
     def refine_parts(self, padded: torch.Tensor, image_index: torch.Tensor, state: FitState, active: torch.Tensor) -> FitState:
         """Refit each part model from the face's landmarks and write its landmarks back.

@@ -1,0 +1,42 @@
+"""The captured fit's padding and buckets (FitConfig.capture): on a CPU the padded static fit runs
+uncompiled, which must give each face the normal fit's landmarks (float64: the static graph's
+Gauss-Jordan solves instead of Cholesky differ by rounding only)."""
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import torch_clnf
+from torch_clnf.fitting import FitConfig
+from torch_clnf.fitting.capture import bucket
+from reference import boxes, rows
+
+
+def test_buckets_are_powers_of_two():
+    assert [bucket(n) for n in (1, 2, 3, 4, 5, 8, 9, 1000, 1024, 1025)] == [1, 2, 4, 4, 8, 8, 16, 1024, 1024, 2048]
+
+
+def test_captured_fit_pads_to_a_bucket_and_gives_each_face_its_fit(models_dir, media_dir, reference_dir):
+    records = rows(reference_dir / "openface_cpp/images_default.csv")[:3]           # 3 faces: bucket 4
+    images = [media_dir / r["file_or_frame"] for r in records]
+    index = list(range(len(records)))
+    normal, captured = (torch_clnf.load_model(models=models_dir, dtype=torch.float64, config=FitConfig(capture=capture))
+                        for capture in (False, True))
+    expected, found = (model.fit(images, boxes(records), image_index=index) for model in (normal, captured))
+    assert [key[0] for key in captured.fitter._captured._graphs] == [4]            # one graph, of 4 faces
+    assert found.landmarks.shape == expected.landmarks.shape == (3, 68, 2)
+    distance = (found.landmarks - expected.landmarks).norm(dim=-1)
+    assert distance.max() < 1e-6, distance.max()
+    assert torch.equal(found.success, expected.success)
+    np.testing.assert_allclose(found.likelihood.numpy(), expected.likelihood.numpy(), rtol=1e-9)
+
+
+def test_a_tracked_frame_through_the_captured_fit(models_dir, media_dir):
+    """Tracking (the fit's faces passed as ``active``): each face as the normal fit gives it."""
+    capture = cv2.VideoCapture(str(media_dir / "default.wmv"))
+    frames = [capture.read()[1] for _ in range(2)]
+    normal, captured = (torch_clnf.load_model(models=models_dir, dtype=torch.float64, config=FitConfig(capture=c))
+                        for c in (False, True))
+    expected, found = (model.track(frames[1:], model.fit(frames[:1])) for model in (normal, captured))
+    assert found.success.all() and torch.equal(found.success, expected.success)
+    assert (found.landmarks - expected.landmarks).norm(dim=-1).max() < 1e-6
