@@ -139,15 +139,21 @@ def test_segments_are_assembled_in_frame_order_with_corrected_numbers_and_carrie
     assert not list(tmp_path.glob("*.tmp*"))                  # the rows files are gone
 
 
-def test_a_segment_that_did_not_finish_leaves_success_0_rows_and_says_so(tmp_path):
+def first_and_last_of_three(tmp_path):
+    """90 frames in 3 segments, only the first's and the last's rows written, both finished."""
     output = tmp_path / "video"
     parts = split(tmp_path / "video.avi", 0, 90, 3, warmup=6, margin=4)
     write_segment(output, parts[0], lambda f: [(0, 1.0)], frames=90)
     write_segment(output, parts[2], lambda f: [(0, 1.0)], frames=90)
     assembly = VideoAssembly(parts, output, 10.0, POINTS, MODES)
     assembly.finished(0, [])
-    assembly.finished(1, failure="worker process failed: killed")
     assembly.finished(2, [])
+    return output, assembly
+
+
+def test_a_segment_that_did_not_finish_leaves_success_0_rows_and_says_so(tmp_path):
+    output, assembly = first_and_last_of_three(tmp_path)
+    assembly.finished(1, failure="worker process failed: killed")
     summary = assembly.close()
     rows = assembled(output)
     assert [f for f, _, _, _ in rows] == list(range(90))
@@ -157,12 +163,6 @@ def test_a_segment_that_did_not_finish_leaves_success_0_rows_and_says_so(tmp_pat
 
 
 def test_a_stopped_run_keeps_the_frames_tracked_without_a_gap(tmp_path):
-    output = tmp_path / "video"
-    parts = split(tmp_path / "video.avi", 0, 90, 3, warmup=6, margin=4)
-    write_segment(output, parts[0], lambda f: [(0, 1.0)], frames=90)
-    write_segment(output, parts[2], lambda f: [(0, 1.0)], frames=90)
-    assembly = VideoAssembly(parts, output, 10.0, POINTS, MODES)
-    assembly.finished(0, [])
-    assembly.finished(2, [])
+    output, assembly = first_and_last_of_three(tmp_path)
     assembly.close(stopped=True)
     assert [f for f, _, _, _ in assembled(output)] == list(range(34))        # the first segment's, margin too

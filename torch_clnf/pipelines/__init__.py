@@ -4,8 +4,9 @@ The names below are imported on first use (the command line reads this package's
 without loading torch)."""
 from __future__ import annotations
 
-from importlib import import_module
 from typing import TYPE_CHECKING
+
+from ..lazy import lazy_attributes
 
 _WHERE = {"Frame": ".frames", "FrameReader": ".frames", "video_sources": ".frames", "ImageFit": ".still_images",
           "fit_image_files": ".still_images", "image_files": ".still_images", "FaceTrack": ".tracker",
@@ -21,9 +22,4 @@ if TYPE_CHECKING:
     from .workers import auto_workers, track_videos_in_processes
 
 
-def __getattr__(name: str):
-    if name in _WHERE:
-        value = getattr(import_module(_WHERE[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _WHERE)
