@@ -23,3 +23,11 @@ def dying_worker_model(spec: str, models, after: int, **options) -> torch_clnf.L
 
     model.track = dying
     return model
+
+
+def failing_worker_model(spec: str, models, **options) -> torch_clnf.LandmarkModel:
+    """The usual model, except in a worker process, where loading it fails."""
+    if multiprocessing.current_process().name.startswith("torch-clnf worker"):
+        raise FileNotFoundError("no model in a worker")
+    return torch_clnf.load_model(spec, models, **options)
+

@@ -216,21 +216,24 @@ def _video(args: argparse.Namespace) -> int:
                 summaries = track_videos_in_processes(sources, load, workers, args.out, streams=args.batch,
                                                       tracking=tracking, draw=args.draw, progress=not args.quiet,
                                                       threads=args.threads, stop=stop, segments=args.segments,
-                                                      warmup=args.warmup)
+                                                      warmup=args.warmup, force=args.force)
             else:
                 summaries = track_videos(sources, model, args.out, streams=args.batch, tracking=tracking,
                                          draw=args.draw, progress=not args.quiet, stop=stop, segments=args.segments,
-                                         warmup=args.warmup)
+                                         warmup=args.warmup, force=args.force)
         except KeyboardInterrupt:
             where = args.out if args.out is not None else "beside each video"
-            print(f"torch-clnf: interrupted; the rows written so far are in their CSVs ({where})", file=sys.stderr)
+            print(f"torch-clnf: interrupted; the rows written so far are in their .csv.part files ({where}); the same "
+                  "command again resumes the run", file=sys.stderr)
             return INTERRUPTED
     for summary in summaries:
         print(summary.line())
         if summary.csv is not None:
-            print(f"  landmarks written to {summary.csv}")
+            where = "rows so far in" if not summary.complete else "landmarks written to"
+            print(f"  {where} {summary.csv}")
     if stop.is_set():
-        print("torch-clnf: interrupted; each CSV above holds the rows of the frames tracked", file=sys.stderr)
+        print("torch-clnf: interrupted; each .csv.part above holds the rows of the frames tracked; the same command "
+              "again skips the videos done and tracks the others from their start", file=sys.stderr)
         return INTERRUPTED
     return DAMAGED if any(s.problems for s in summaries) else 0
 
@@ -342,6 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "keep every stream of every worker busy; 1: from start to end in one stream, as OpenFace)")
     video.add_argument("--warmup", type=int, default=WARMUP, help=f"frames a segment tracks before its first, so "
                        f"that its track has converged to the one before (default {WARMUP})")
+    video.add_argument("--force", action="store_true", help="track every video again (default: skip the videos that "
+                       "an earlier run with the same options completed, as its torch_clnf_runs.jsonl in the output "
+                       "folder records, and track the others from their start)")
     video.add_argument("--quiet", action="store_true", help="no progress bar")
     _model_options(video)
     video.set_defaults(run=_video)
