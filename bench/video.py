@@ -21,6 +21,10 @@ default.wmv, and a 5-minute 30 frames/s video built from 2015-10-15-15-14.avi pl
 backward (no cut); the frames fitted twice (warm-ups, margins) and the segmented run's distance to
 the sequential one. With --ceclm also, CE-CLM on the 5-minute video (synthetic CEN files,
 validation off), segmented, through the Python API.
+With --ray, --videos copies of --ray-video (16 of changeLighting.wmv) tracked by --workers W
+processes (default 2) and by track_videos_on_ray on a local Ray cluster of W CPUs (W actors), in
+turns, --batch N videos in lockstep in each, end to end (processes or actors started, models
+loaded, CSVs written); the cluster's own start is timed apart (a cluster runs for many runs).
 """
 from __future__ import annotations
 
@@ -44,7 +48,7 @@ import cv2
 import torch
 
 import torch_clnf
-from torch_clnf.pipelines import FrameReader, Tracker, track_videos, track_videos_in_processes
+from torch_clnf.pipelines import FrameReader, Tracker, track_videos, track_videos_in_processes, track_videos_on_ray
 
 from timing import SHARED, ceclm_models, sync
 
@@ -206,6 +210,54 @@ def segments_table(args: argparse.Namespace) -> None:
                       f"{summary.frames / seconds:.1f} frames/s ({summary.frames} frames in {seconds:.0f} s)")
 
 
+def ray_table(args: argparse.Namespace) -> None:
+    """The --ray benchmark (see the module's docstring)."""
+    import ray
+
+    workers = args.workers or 2
+    load = functools.partial(torch_clnf.load_model, "main_clnf_general.txt", args.models)
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        copies = [folder / f"copy{k:02d}{args.ray_video.suffix}" for k in range(args.videos)]
+        for copy in copies:
+            shutil.copyfile(args.ray_video, copy)
+        frames = 0                                                  # as the runs decode them
+        start = time.perf_counter()
+        ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False, _node_ip_address="127.0.0.1")
+        cluster = time.perf_counter() - start
+        runs = {
+            f"{workers} worker processes": lambda out: track_videos_in_processes(
+                copies, load, workers, out, streams=args.batch, progress=False, threads=1),
+            f"Ray, {workers} actors": lambda out: track_videos_on_ray(
+                copies, load, out, streams=args.batch, progress=False, actors=workers),
+        }
+        seconds: dict[str, list[float]] = {name: [] for name in runs}
+        try:
+            for repeat in range(args.repeats):
+                for name, run in runs.items():
+                    out = folder / f"out{repeat}_{len(seconds[name])}_{name.split()[0]}"
+                    begin = time.perf_counter()
+                    summaries = run(out)
+                    seconds[name].append(time.perf_counter() - begin)
+                    assert not any(s.problems for s in summaries) and all(s.complete for s in summaries), summaries
+                    assert frames in (0, sum(s.frames for s in summaries))
+                    frames = sum(s.frames for s in summaries)
+        finally:
+            ray.shutdown()
+    print(f"# {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}; {len(copies)} copies of "
+          f"{args.ray_video.name} ({frames} frames), {args.batch} in lockstep per process or actor, median of "
+          f"{args.repeats}; the local Ray cluster started in {cluster:.1f} s (not counted)")
+    print("| run | seconds | frames/s | frames/s per core | vs worker processes |")
+    print("|---|---|---|---|---|")
+    base = None
+    for name, found in seconds.items():
+        rate = frames / statistics.median(found)
+        base = base or rate
+        print(f"| {name} | {statistics.median(found):.1f} | {rate:.1f} | {rate / workers:.1f} | {rate / base:.2f}x |",
+              flush=True)
+
+
 def report(name: str, model: torch_clnf.LandmarkModel, args: argparse.Namespace, cpp_ms: float, end_to_end: bool) -> None:
     frames = [f.image for f in FrameReader(VIDEO)][: args.frames]
     device = torch.device(args.device)
@@ -236,9 +288,16 @@ def main() -> None:
     parser.add_argument("--busy", type=int, default=0, help="other processes keeping a core busy each meanwhile")
     parser.add_argument("--segments", action="store_true", help="one video end to end: segmented against "
                         "--segments 1 (see above)")
+    parser.add_argument("--ray", action="store_true", help="Ray actors against worker processes (see above)")
+    parser.add_argument("--videos", type=int, default=16, help="with --ray: copies of --ray-video")
+    parser.add_argument("--ray-video", type=Path, default=SHARED / "media/changeLighting.wmv")
+    parser.add_argument("--batch", type=int, default=8, help="with --ray: videos in lockstep per process or actor")
     args = parser.parse_args()
     if args.segments:
         segments_table(args)
+        return
+    if args.ray:
+        ray_table(args)
         return
     print(f"# {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"default.wmv, median of {args.repeats}; C++ = OpenFace 2.x per-frame fit time on the same machine type")

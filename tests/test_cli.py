@@ -251,7 +251,7 @@ def test_help_answers_without_loading_torch():
 @pytest.mark.parametrize("workers", [1, 2])
 def test_ctrl_c_stops_cleanly_and_keeps_the_rows(models_dir, media_dir, tmp_path, workers):
     """Ctrl-C as a terminal sends it (to the whole process group): exit 130, no traceback, and every
-    CSV holds whole rows of the frames tracked so far."""
+    video's CSV, still a .csv.part, holds whole rows of the frames tracked so far."""
     import csv
     import os
     import shutil
@@ -268,7 +268,7 @@ def test_ctrl_c_stops_cleanly_and_keeps_the_rows(models_dir, media_dir, tmp_path
                "--out", str(tmp_path / "out"), "--quiet", "--workers", str(workers)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                                start_new_session=True)
-    csvs = [tmp_path / "out" / f"v{k}.csv" for k in range(workers)]
+    csvs = [tmp_path / "out" / f"v{k}.csv.part" for k in range(workers)]
     deadline = time.monotonic() + 120
     while not all(p.is_file() and p.read_text().count("\n") > 3 for p in csvs):
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()
@@ -281,7 +281,9 @@ def test_ctrl_c_stops_cleanly_and_keeps_the_rows(models_dir, media_dir, tmp_path
         with open(path) as f:
             table = list(csv.DictReader(f))
         assert 3 <= len(table) < 288 and all(None not in r.values() and len(r) == len(table[0]) for r in table)
-        assert f"{path.stem}.wmv: {len(table)} frames" in out and f"interrupted after {len(table)} frames" in out
+        name = path.name.removesuffix(".csv.part")
+        assert f"{name}.wmv: {len(table)} frames" in out and f"interrupted after {len(table)} frames" in out
+        assert not path.with_name(f"{name}.csv").exists()
 
 
 def test_one_truncated_video_in_segments_is_one_csv_of_its_readable_frames(models_dir, media_dir, tmp_path, capsys,
@@ -297,7 +299,7 @@ def test_one_truncated_video_in_segments_is_one_csv_of_its_readable_frames(model
                  "--out", str(tmp_path / "out"), "--quiet", "--workers", "1"])
     out = capsys.readouterr().out
     assert code == 1 and out.count("truncated or damaged file") == 1, out
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["cut.csv"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["cut.csv", "torch_clnf_runs.jsonl"]
     with open(tmp_path / "out/cut.csv") as f:
         table = list(csv.DictReader(f))
     assert [int(r["frame"]) for r in table] == list(range(1, 131)) and all(r["success"] == "1" for r in table)

@@ -184,7 +184,8 @@ def _image(args: argparse.Namespace) -> int:
 
 
 def _video(args: argparse.Namespace) -> int:
-    from .pipelines import TrackingConfig, auto_workers, track_videos, track_videos_in_processes, video_sources
+    from .pipelines import (TrackingConfig, auto_workers, track_videos, track_videos_in_processes, track_videos_on_ray,
+                            video_sources)
     from .pipelines.frames import IMAGE_SUFFIXES, VIDEO_SUFFIXES
     from .pipelines.outputs import output_stems
     from .pipelines.videos import output_ends
@@ -198,6 +199,14 @@ def _video(args: argparse.Namespace) -> int:
              if p.is_dir() and not any(c.suffix.lower() in VIDEO_SUFFIXES | IMAGE_SUFFIXES for c in p.iterdir())]
     if empty:
         raise UsageError(f"no videos or images in {', '.join(empty)}")
+    if args.ray is not None:
+        if args.segments not in (None, 1):
+            raise UsageError("--segments: with --ray each video is tracked whole by one Ray actor")
+        from .pipelines.ray_runs import import_ray
+        try:
+            import_ray()
+        except ImportError as err:
+            raise UsageError(str(err)) from None
     sources = video_sources(args.paths)
     try:
         output_stems(sources, args.out, output_ends(args.draw))        # names that collide: nothing done
@@ -207,30 +216,42 @@ def _video(args: argparse.Namespace) -> int:
     model = load()                                        # checks the model files before any worker starts
     tracking = TrackingConfig(max_faces=args.max_faces, fit_every=args.fit_every)
     workers = args.workers
-    if workers is None:
+    if workers is None and args.ray is None:
         workers = auto_workers(sources, segments=args.segments) if model.device.type == "cpu" else 1
     with _stop_on_interrupt() as stop:
         try:
-            if workers > 1:
+            if args.ray is not None:
+                del model                                 # each actor loads its own
+                summaries = track_videos_on_ray(sources, load, args.out, address=args.ray or None, streams=args.batch,
+                                                tracking=tracking, draw=args.draw, progress=not args.quiet, stop=stop,
+                                                force=args.force, actors=workers)
+            elif workers > 1:
                 del model                                 # each worker loads its own
                 summaries = track_videos_in_processes(sources, load, workers, args.out, streams=args.batch,
                                                       tracking=tracking, draw=args.draw, progress=not args.quiet,
                                                       threads=args.threads, stop=stop, segments=args.segments,
-                                                      warmup=args.warmup)
+                                                      warmup=args.warmup, force=args.force)
             else:
                 summaries = track_videos(sources, model, args.out, streams=args.batch, tracking=tracking,
                                          draw=args.draw, progress=not args.quiet, stop=stop, segments=args.segments,
-                                         warmup=args.warmup)
+                                         warmup=args.warmup, force=args.force)
+        except ConnectionError as err:                     # --ray ADDRESS: no cluster there
+            if args.ray is None:
+                raise
+            raise UsageError(f"no Ray cluster at {args.ray or 'this machine'}: {err}") from None
         except KeyboardInterrupt:
             where = args.out if args.out is not None else "beside each video"
-            print(f"torch-clnf: interrupted; the rows written so far are in their CSVs ({where})", file=sys.stderr)
+            print(f"torch-clnf: interrupted; the rows written so far are in their .csv.part files ({where}); the same "
+                  "command again resumes the run", file=sys.stderr)
             return INTERRUPTED
     for summary in summaries:
         print(summary.line())
         if summary.csv is not None:
-            print(f"  landmarks written to {summary.csv}")
+            where = "rows so far in" if not summary.complete else "landmarks written to"
+            print(f"  {where} {summary.csv}")
     if stop.is_set():
-        print("torch-clnf: interrupted; each CSV above holds the rows of the frames tracked", file=sys.stderr)
+        print("torch-clnf: interrupted; each .csv.part above holds the rows of the frames tracked; the same command "
+              "again skips the videos done and tracks the others from their start", file=sys.stderr)
         return INTERRUPTED
     return DAMAGED if any(s.problems for s in summaries) else 0
 
@@ -342,6 +363,13 @@ def build_parser() -> argparse.ArgumentParser:
                        "keep every stream of every worker busy; 1: from start to end in one stream, as OpenFace)")
     video.add_argument("--warmup", type=int, default=WARMUP, help=f"frames a segment tracks before its first, so "
                        f"that its track has converged to the one before (default {WARMUP})")
+    video.add_argument("--force", action="store_true", help="track every video again (default: skip the videos that "
+                       "an earlier run with the same options completed, as its torch_clnf_runs.jsonl in the output "
+                       "folder records, and track the others from their start)")
+    video.add_argument("--ray", nargs="?", const="", metavar="ADDRESS", help="track on a Ray cluster (pip install "
+                       "'torch_clnf[ray]'): ADDRESS 'auto' for the cluster running on this machine (ray start), an "
+                       "address, or none for a local one; one actor per GPU of the cluster, else per CPU core "
+                       "(--workers: that many), each video whole on one; --out must be a folder every node sees")
     video.add_argument("--quiet", action="store_true", help="no progress bar")
     _model_options(video)
     video.set_defaults(run=_video)

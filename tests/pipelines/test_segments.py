@@ -112,8 +112,9 @@ def write_segment(output, segment: Segment, track, shift=0, frames=100):
     rows.close()
 
 
-def assembled(output):
-    with open(output.with_name(output.name + ".csv")) as f:
+def assembled(output, end=".csv"):
+    """The assembled CSV's rows (``end`` ".csv.part": of a video not tracked to its end)."""
+    with open(output.with_name(output.name + end)) as f:
         return [(int(r["frame"]) - 1, int(r["face_id"]), r["success"], float(r["x_0"])) for r in csv.DictReader(f)]
 
 
@@ -132,6 +133,7 @@ def test_segments_are_assembled_in_frame_order_with_corrected_numbers_and_carrie
         assembly.pump()
     summary = assembly.close()
     rows = assembled(output)
+    assert summary.complete and summary.csv == output.with_name("video.csv")
     assert [f for f, face, _, _ in rows if face == 0] == list(range(100))     # every frame once, in order
     assert all(x == pytest.approx(10.0 + f, abs=1e-3) for f, face, _, x in rows if face == 0)
     assert [(f, face) for f, face, _, _ in rows if face != 0] == [(f, 1) for f in range(90, 100)]
@@ -155,7 +157,8 @@ def test_a_segment_that_did_not_finish_leaves_success_0_rows_and_says_so(tmp_pat
     output, assembly = first_and_last_of_three(tmp_path)
     assembly.finished(1, failure="worker process failed: killed")
     summary = assembly.close()
-    rows = assembled(output)
+    rows = assembled(output, ".csv.part")                      # not complete: the next run tracks it again
+    assert not summary.complete and not output.with_name("video.csv").exists()
     assert [f for f, _, _, _ in rows] == list(range(90))
     assert {s for f, _, s, _ in rows if 30 <= f < 60} == {"0"} and {s for f, _, s, _ in rows if f < 30} == {"1"}
     assert any("frames 31–60 (segment 2 of 3) were not tracked to the end: worker process failed" in p
@@ -165,4 +168,4 @@ def test_a_segment_that_did_not_finish_leaves_success_0_rows_and_says_so(tmp_pat
 def test_a_stopped_run_keeps_the_frames_tracked_without_a_gap(tmp_path):
     output, assembly = first_and_last_of_three(tmp_path)
     assembly.close(stopped=True)
-    assert [f for f, _, _, _ in assembled(output)] == list(range(34))        # the first segment's, margin too
+    assert [f for f, _, _, _ in assembled(output, ".csv.part")] == list(range(34))        # the first segment's, margin too

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import torch_clnf
+from crashes import failing_worker_model
 from reference import landmarks, rows
 from torch_clnf.output import openface_columns
 from torch_clnf.pipelines import Tracker, track_videos, track_videos_in_processes
@@ -136,13 +137,59 @@ def test_videos_shared_among_worker_processes(models_dir, media_dir, tmp_path, m
             assert a["success"] == b["success"]
             torch.testing.assert_close(points(a), points(b), atol=CSV_PRECISION, rtol=0)
 
-    broken = functools.partial(torch_clnf.load_model, "no_such_spec.txt", models_dir)
+    broken = functools.partial(failing_worker_model, "main_clnf_general.txt", models_dir)
     summaries = track_videos_in_processes(sources, broken, workers=2, out_dir=tmp_path / "broken", progress=False)
     for summary in summaries:
         assert summary.frames == 0 and "worker process failed" in summary.problems[0]
-        assert "no_such_spec.txt" in summary.problems[0]
+        assert "no model in a worker" in summary.problems[0]
 
 
 def test_videos_are_shared_longest_first():
     assert share_videos([100, 300, 50, 200], 2) == [[1, 2], [0, 3]]
     assert share_videos([10, 10], 4) == [[0], [1]]
+
+
+def test_a_stopped_run_started_again_tracks_only_what_is_not_complete(model, media_dir, tmp_path, monkeypatch):
+    """Stopped in the middle of the second of three videos: the first CSV is complete, the second
+    a .csv.part; the same run again fits the second (from its start: each frame once) and the
+    third only; a source changed since is fitted again; force fits them all."""
+    import os
+    import threading
+
+    sources = [image_folder(media_dir / "default.wmv", tmp_path / f"v{k}", 6 + 2 * k) for k in range(3)]
+    fitted = []
+    prepare = model.prepare
+    def counted(images):                            # each lockstep's frames, prepared once as a list
+        if isinstance(images, list):
+            fitted.append(len(images))
+        return prepare(images)
+
+    monkeypatch.setattr(model, "prepare", counted)
+    stop = threading.Event()
+    steps = []
+
+    def progress(frames):
+        steps.append(frames)
+        if sum(steps) >= 6 + 3:
+            stop.set()
+
+    out = tmp_path / "out"
+    first = track_videos(sources, model, out, streams=1, progress=progress, stop=stop, segments=1)
+    assert [s.complete for s in first] == [True, False, False] and first[1].frames == 3
+    assert (out / "v0.csv").exists() and len(read_csv(out / "v1.csv.part")) == 3 and not (out / "v1.csv").exists()
+    assert "interrupted after 3 frames" in first[1].problems[0]
+
+    fitted.clear()
+    again = track_videos(sources, model, out, streams=1, progress=False, segments=1)
+    assert [s.skipped for s in again] == [True, False, False] and sum(fitted) == 8 + 10
+    assert [int(r["frame"]) for r in read_csv(out / "v1.csv")] == list(range(1, 9))
+    assert not list(out.glob("*.part")) and again[0].line().endswith("done in an earlier run, skipped (ok)")
+
+    fitted.clear()
+    (sources[2] / "009.png").unlink()                                   # the third source changed
+    os.utime(sources[2])
+    again = track_videos(sources, model, out, streams=1, progress=False, segments=1)
+    assert [s.skipped for s in again] == [True, True, False] and sum(fitted) == 9
+    fitted.clear()
+    track_videos(sources, model, out, streams=1, progress=False, segments=1, force=True)
+    assert sum(fitted) == 6 + 8 + 9

@@ -20,10 +20,14 @@ in memory. Where segment k hands over to k + 1:
 
 Frames that no segment tracked (a segment whose process died, a segment that ended early) get a
 row with ``success = 0`` and the summary says so.
+
+The CSV is written as ``NAME.csv.part`` and renamed to ``NAME.csv`` when every segment has been
+tracked to its end (:mod:`.manifest`).
 """
 from __future__ import annotations
 
 import csv
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +38,7 @@ import numpy as np
 
 from ..landmark_model import FitResult
 from ..output import VideoCSV, row_values
+from .manifest import part_path
 from .segments import Segment
 
 AGREE_PX = 0.05          # mean landmark distance at which two tracks of one face agree (hand-over)
@@ -125,7 +130,9 @@ class VideoAssembly:
     def __init__(self, segments: list[Segment], output: Path, fps: float, points: int, modes: int,
                  draw: bool = False, frames: int = 0, release: Callable[[int], None] = lambda number: None) -> None:
         self.output, self.fps, self.points, self.frames, self.release = output, fps, points, frames, release
-        self.csv = VideoCSV(output.with_name(output.name + ".csv"), points, modes)
+        self.final = output.with_name(output.name + ".csv")
+        self.final.unlink(missing_ok=True)                 # tracked again: an earlier CSV is not this run's
+        self.csv = VideoCSV(part_path(self.final), points, modes)
         self.parts = [_Part(s, rows_path(output, s.number), drawing_path(output, s.number) if draw else None)
                       for s in segments]
         self.draw_path = output.with_name(output.name + "_landmarks.avi") if draw else None
@@ -181,7 +188,9 @@ class VideoAssembly:
     def close(self, stopped: bool = False) -> "AssemblySummary":
         """Finish and remove the rows files; the summary of the whole video. Frames that a segment
         did not track get success-0 rows where a later segment's rows follow them; a run that was
-        ``stopped`` keeps only the frames tracked without a gap."""
+        ``stopped`` keeps only the frames tracked without a gap. The CSV is renamed from its
+        ``.csv.part`` where every segment was tracked to its end."""
+        failed = any(part.failure for part in self.parts) or not all(part.done for part in self.parts)
         self.pump()
         while not self.complete and not stopped:
             part = self.parts[self.head]                           # a segment that never finished: hand over
@@ -200,8 +209,11 @@ class VideoAssembly:
         self.csv.close()
         if self.writer is not None:
             self.writer.release()
-        return AssemblySummary(self.csv.path, self.counts, self.problems, time.perf_counter() - self.started,
-                               len(self.parts))
+        complete = not stopped and not failed and self.complete
+        if complete:
+            os.replace(self.csv.path, self.final)
+        return AssemblySummary(self.final if complete else self.csv.path, self.counts, self.problems,
+                               time.perf_counter() - self.started, len(self.parts), complete)
 
     # reading
 
@@ -354,13 +366,15 @@ class VideoAssembly:
 
 @dataclass
 class AssemblySummary:
-    """What an assembly wrote: the CSV, the frame counts, the problems, the seconds it took, the segments."""
+    """What an assembly wrote: the CSV, the frame counts, the problems, the seconds it took, the
+    segments, and whether every segment was tracked to its end (the CSV renamed from ``.csv.part``)."""
 
     csv: Path
     counts: dict[str, int]
     problems: list[str]
     seconds: float
     segments: int
+    complete: bool = False
 
 
 def _frames(rows: list[_Row], shift: int) -> dict[int, list[_Row]]:

@@ -9,13 +9,18 @@ video fills the batch as a folder of videos does. Every frame gets a CSV row as 
 undecodable frame or a frame without a face is a row with ``success = 0`` (or, for a file that
 cannot be opened, no CSV) and a line in that video's summary; an error while fitting one video's
 frame is retried for that video alone and, if it persists, ends that video only.
+
+Runs resume (:mod:`.manifest`): a CSV is written as ``NAME.csv.part`` and renamed when its video
+has been tracked to its end, and the run's manifest records it; the same command again skips the
+videos complete with the same source and options and tracks the others from their first frame.
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import Any, Callable, Iterable, Protocol, Sequence, Sized
 
 import cv2
 import numpy as np
@@ -24,6 +29,7 @@ from ..landmark_model import FitResult, LandmarkModel
 from ..output import VideoCSV, draw_landmarks, openface_columns
 from .assembly import AssemblySummary, SegmentRows, VideoAssembly, drawing_path, rows_path
 from .frames import Frame, FrameReader
+from .manifest import PART_END, RunManifest, manifest_folder, part_path, run_options
 from .outputs import output_stems
 from .segments import WARMUP, Segment, segment_counts, split
 from .tracker import FrameFit, Tracker, TrackingConfig, blend
@@ -54,6 +60,11 @@ class VideoSummary:
         refitted: frames fitted twice, by the segments of a video cut into several (their
             warm-ups, and the frames tracked by two while they came to agree).
         segments: the segments the video was cut into (1: tracked from start to end).
+        complete: tracked to its end (its CSV renamed from ``.csv.part``); False where the run
+            stopped or its process died first (``csv`` is then the ``.csv.part`` with its rows so far).
+        skipped: complete in an earlier run with the same source and options (:mod:`.manifest`):
+            not tracked again; the counts are that run's.
+        tries: the times it was started (above 1: its Ray actor died and it was tracked again).
     """
 
     source: Path
@@ -66,6 +77,9 @@ class VideoSummary:
     seconds: float = 0.0
     refitted: int = 0
     segments: int = 1
+    complete: bool = False
+    skipped: bool = False
+    tries: int = 1
 
     @staticmethod
     def assembled(source: Path, done: AssemblySummary) -> "VideoSummary":
@@ -73,15 +87,33 @@ class VideoSummary:
         counts = done.counts
         return VideoSummary(source, done.csv, counts["frames"], counts["tracked"], counts["detections"],
                             counts["broken"], done.problems, done.seconds, max(0, counts["fitted"] - counts["frames"]),
-                            done.segments)
+                            done.segments, done.complete)
+
+    @staticmethod
+    def recorded(source: Path, csv: Path, record: dict[str, Any]) -> "VideoSummary":
+        """The summary of a video skipped as complete, from its manifest record."""
+        return VideoSummary(source, csv if record.get("written") else None, record.get("frames", 0),
+                            record.get("tracked", 0), record.get("detections", 0), record.get("broken", 0),
+                            list(record.get("problems", [])), record.get("seconds", 0.0), complete=True, skipped=True)
+
+    def record_in(self, manifest: RunManifest, output: Path) -> None:
+        """Append this video's record to ``manifest`` (``output``: its output path without the end)."""
+        manifest.record(self.source, output.with_name(output.name + CSV_END), self.complete,
+                        self.complete and self.csv is not None, frames=self.frames, tracked=self.tracked,
+                        detections=self.detections, broken=self.broken, problems=self.problems,
+                        seconds=round(self.seconds, 3), tries=self.tries)
 
     def line(self) -> str:
         """One line for a run's report."""
         state = "; ".join(self.problems) if self.problems else "ok"
+        if self.skipped:
+            return (f"{self.source}: {self.frames} frames, {self.tracked} with a face — done in an earlier run, "
+                    f"skipped ({state})")
         rate = self.frames / self.seconds if self.seconds > 0 else 0.0
         segments = f", {self.refitted} fitted twice by its {self.segments} segments" if self.segments > 1 else ""
+        tries = f", tracked again after its Ray actor died ({self.tries} tries)" if self.tries > 1 else ""
         return (f"{self.source}: {self.frames} frames, {self.tracked} with a face ({self.detections} detections, "
-                f"{self.broken} undecodable{segments}), {rate:.1f} frames/s — {state}")
+                f"{self.broken} undecodable{segments}{tries}), {rate:.1f} frames/s — {state}")
 
 
 @dataclass(frozen=True)
@@ -133,7 +165,9 @@ class _Stream:
             self.rows = SegmentRows(rows_path(job.output, segment.number), len(openface_columns(pdm.num_points, pdm.num_modes)))
             self.draw_path = drawing_path(job.output, segment.number) if draw else None
         else:
-            self.csv = VideoCSV(job.output.with_name(job.output.name + CSV_END), pdm.num_points, pdm.num_modes)
+            final = job.output.with_name(job.output.name + CSV_END)
+            final.unlink(missing_ok=True)                   # tracked again: an earlier CSV is not this run's
+            self.csv = VideoCSV(part_path(final), pdm.num_points, pdm.num_modes)
             self.summary.csv = self.csv.path
             self.draw_path = job.output.with_name(job.output.name + DRAWING_END) if draw else None
 
@@ -211,7 +245,9 @@ class _Stream:
         drawn = draw_landmarks(frame.image, FitResult.cat([r for _, r in rows]), 0) if rows else frame.image
         self.writer.write(drawn)
 
-    def close(self) -> VideoSummary:
+    def close(self, complete: bool) -> VideoSummary:
+        """The stream's summary; ``complete``: it was tracked to its end, and its CSV is renamed
+        from ``.csv.part`` (else the ``.csv.part`` keeps the rows so far)."""
         self._flush({})
         self.reader.close()
         for output in (self.csv, self.rows):
@@ -221,6 +257,11 @@ class _Stream:
             self.writer.release()
         self.summary.problems[:0] = self.reader.problems
         self.summary.seconds = time.perf_counter() - self.started
+        self.summary.complete = complete
+        if complete and self.csv is not None:
+            final = self.csv.path.with_name(self.csv.path.name.removesuffix(PART_END))
+            os.replace(self.csv.path, final)
+            self.summary.csv = final
         if self.summary.broken and not self.job.segmented:      # an assembly counts its video's own
             self.summary.problems.append(f"{self.summary.broken} frame(s) could not be decoded")
         return self.summary
@@ -247,8 +288,9 @@ def track_videos(sources: Sequence[str | Path], model: LandmarkModel, out_dir: s
                  streams: int = 8, tracking: TrackingConfig | None = None, draw: bool = False,
                  progress: bool | Callable[[int], None] = True, stop: Event | None = None,
                  outputs: Sequence[Path] | None = None, segments: int | None = None,
-                 warmup: int = WARMUP) -> list[VideoSummary]:
-    """Track the face in each video and write ``<out_dir>/<video name>.csv`` for each.
+                 warmup: int = WARMUP, force: bool = False) -> list[VideoSummary]:
+    """Track the face in each video and write ``<out_dir>/<video name>.csv`` for each, skipping
+    the videos that an earlier run completed with the same source and options (:mod:`.manifest`).
 
     Args:
         sources: video files or image folders.
@@ -261,19 +303,23 @@ def track_videos(sources: Sequence[str | Path], model: LandmarkModel, out_dir: s
         draw: also write ``<name>_landmarks.avi`` with the landmarks drawn.
         progress: a tqdm bar on stderr (frames, frames/s), or a callable given the frames of each step.
         stop: an event (``threading.Event``, ``multiprocessing.Event``) that ends the run after the
-            current frames: every video's rows so far stay written, and its summary says where it stopped.
+            current frames: every video's rows so far stay written (in its ``.csv.part``), and its
+            summary says where it stopped.
         outputs: each source's output path without its ends (default :func:`output_stems`).
         segments: segments per video file or image folder (1: each tracked from start to end, in
             one stream); None: as many as keep the streams busy (:mod:`.segments`). A camera or a
             pipe is never cut.
         warmup: frames a segment tracks before its first (:data:`.segments.WARMUP`).
+        force: track every video again, complete or not.
     Returns:
         one :class:`VideoSummary` per source, in the order given.
     Raises:
         ValueError: before any work, where outputs would overwrite each other or a source.
     """
-    pending = [Path(s) for s in sources]
-    outputs = list(outputs) if outputs is not None else output_stems(pending, out_dir, output_ends(draw))
+    given = [Path(s) for s in sources]
+    all_outputs = list(outputs) if outputs is not None else output_stems(given, out_dir, output_ends(draw))
+    run = resume(given, all_outputs, out_dir, model_options(model, tracking, draw), force)
+    pending, outputs = [given[k] for k in run.todo], [all_outputs[k] for k in run.todo]
     jobs, segmented = plan_jobs(pending, outputs, streams, segments, warmup)
     pdm = model.fitter.pdm
     released = [False] * len(jobs)
@@ -288,9 +334,12 @@ def track_videos(sources: Sequence[str | Path], model: LandmarkModel, out_dir: s
 
     def finished(job: Job, summary: VideoSummary) -> None:
         if job.segmented:
-            assemblies[job.segment.video].finished(job.segment.number, summary.problems, fitted=summary.frames)
+            ended = summary.complete or (stop is not None and stop.is_set())
+            assemblies[job.segment.video].finished(job.segment.number, summary.problems, fitted=summary.frames,
+                                                   failure=None if ended else "its tracking was cut short")
         else:
             summaries[job.segment.video] = summary
+            summary.record_in(run.manifest, outputs[job.segment.video])
 
     try:
         run_jobs(jobs, model, streams, tracking, draw, progress, stop, finished, released.__getitem__,
@@ -300,21 +349,72 @@ def track_videos(sources: Sequence[str | Path], model: LandmarkModel, out_dir: s
         for video, assembly in assemblies.items():
             summary = summaries[video] = VideoSummary.assembled(pending[video], assembly.close(stopped))
             if stopped:
-                summary.problems.append(f"interrupted after {summary.frames} frames (their rows are written)")
-    return [summaries.get(k, VideoSummary(pending[k], problems=["interrupted before it started"]))
-            for k in range(len(pending))]
+                summary.problems.append(INTERRUPTED.format(frames=summary.frames))
+            summary.record_in(run.manifest, outputs[video])
+    return run.summaries([summaries.get(k, VideoSummary(pending[k], problems=["interrupted before it started"]))
+                          for k in range(len(pending))])
 
 
-def run_jobs(jobs: Sequence[Job], model: LandmarkModel, streams: int, tracking: TrackingConfig | None, draw: bool,
-             progress: bool | Callable[[int], None], stop: Event | None, finished: Callable[[Job, VideoSummary], None],
-             released: Callable[[int], bool], pump: Callable[[], object] = lambda: None) -> None:
+INTERRUPTED = "interrupted after {frames} frames (their rows are in its .csv.part; the next run tracks it again)"
+
+
+def model_options(model: LandmarkModel, tracking: TrackingConfig | None, draw: bool) -> dict[str, Any]:
+    """The options of a run with ``model`` that its manifest compares (:func:`.manifest.run_options`)."""
+    return run_options(model.name, model.config, model.dtype, tracking or TrackingConfig(), draw)
+
+
+@dataclass
+class Resumed:
+    """A run's sources split by its manifest: the ones to track, and the ones complete in an earlier run.
+
+    Attributes:
+        manifest: the run's manifest (records are appended to it as videos end).
+        todo: the numbers of the sources to track, in order.
+        skipped: per number, the summary of a source skipped as complete.
+    """
+
+    manifest: RunManifest
+    todo: list[int]
+    skipped: dict[int, VideoSummary]
+
+    def summaries(self, tracked: Sequence[VideoSummary]) -> list[VideoSummary]:
+        """Every source's summary in the order given, from those of the tracked ones (in ``todo``'s order)."""
+        found = dict(self.skipped)
+        found.update(zip(self.todo, tracked))
+        return [found[k] for k in sorted(found)]
+
+
+def resume(sources: Sequence[Path], outputs: Sequence[Path], out_dir: str | Path | None, options: dict[str, Any],
+           force: bool = False) -> Resumed:
+    """Which sources a run tracks: those not complete in its manifest with the same source and
+    ``options`` (all with ``force``)."""
+    manifest = RunManifest.open(manifest_folder(outputs, out_dir), options)
+    todo, skipped = [], {}
+    for k, (source, output) in enumerate(zip(sources, outputs)):
+        csv = output.with_name(output.name + CSV_END)
+        record = None if force else manifest.done(source, csv)
+        if record is None:
+            todo.append(k)
+        else:
+            skipped[k] = VideoSummary.recorded(source, csv, record)
+    return Resumed(manifest, todo, skipped)
+
+
+def run_jobs(jobs: Sequence[Job] | Iterable[Job], model: LandmarkModel, streams: int, tracking: TrackingConfig | None,
+             draw: bool, progress: bool | Callable[[int], None], stop: Event | None,
+             finished: Callable[[Job, VideoSummary], None], released: Callable[[int], bool],
+             pump: Callable[[], object] = lambda: None) -> None:
     """Track ``jobs`` in ``streams`` lockstep streams; ``finished(job, summary)`` as each ends (a job
-    that was not started when ``stop`` was set is not reported), ``pump()`` after every step; a
-    segment reads on past its planned end until ``released(job.number)``."""
-    tracker = Tracker(model, max(1, min(streams, len(jobs))), tracking)
+    that was not started when ``stop`` was set is not reported; a job tracked to its end has its
+    summary's ``complete`` set), ``pump()`` after every step; a segment reads on past its planned
+    end until ``released(job.number)``. ``jobs`` may be an iterator that runs dry for a while and
+    later gives more (a Ray actor's dealer): an empty stream asks it again at every step, and the
+    run ends when every stream is empty."""
+    sized = isinstance(jobs, Sized)
+    tracker = Tracker(model, max(1, min(streams, len(jobs)) if sized else streams), tracking)
     slots: list[tuple[Job, _Stream] | None] = [None] * len(tracker.tracks)
     order = iter(jobs)
-    bar = progress_bar(progress, sum(job.frames for job in jobs) if progress is True else 0)
+    bar = progress_bar(progress, sum(job.frames for job in jobs) if progress is True and sized else 0)
 
     def refill(slot: int) -> Frame | None:
         """The next frame of the job in ``slot``; when that job is done, the next job's first frame."""
@@ -324,7 +424,7 @@ def run_jobs(jobs: Sequence[Job], model: LandmarkModel, streams: int, tracking: 
                 frame = current[1].next()
                 if frame is not None:
                     return frame
-                finished(current[0], current[1].close())
+                finished(current[0], current[1].close(complete=True))
                 slots[slot] = None
             job = next(order, None)
             if job is None:
@@ -338,10 +438,9 @@ def run_jobs(jobs: Sequence[Job], model: LandmarkModel, streams: int, tracking: 
                 for slot, current in enumerate(slots):
                     if current is not None:
                         slots[slot] = None
-                        summary = current[1].close()
+                        summary = current[1].close(complete=False)
                         if not current[0].segmented:           # an assembly says where its video stopped
-                            summary.problems.append(f"interrupted after {summary.frames} frames (their rows are "
-                                                    "written)")
+                            summary.problems.append(INTERRUPTED.format(frames=summary.frames))
                         finished(current[0], summary)
                 break
             frames = [refill(slot) for slot in range(len(slots))]
@@ -361,7 +460,7 @@ def run_jobs(jobs: Sequence[Job], model: LandmarkModel, streams: int, tracking: 
         for slot, current in enumerate(slots):
             if current is not None:
                 slots[slot] = None
-                finished(current[0], current[1].close())
+                finished(current[0], current[1].close(complete=False))
         if bar is not None:
             bar.close()
 

@@ -9,6 +9,8 @@ one per free core, and no more torch threads in all than the cores other process
 worker writes its whole videos' CSVs row by row, as in one process, and its segments' rows files;
 the parent process assembles each segmented video's CSV from those as the segments finish
 (:mod:`.assembly`). The workers are processes of their own: one that dies ends only its own jobs.
+Each worker reports every job as it ends, and the parent records each video in the run's
+manifest (:mod:`.manifest`), so that the same command again does only what is left.
 """
 from __future__ import annotations
 
@@ -18,17 +20,20 @@ import multiprocessing
 import queue
 import signal
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
+from ..fitting import FitConfig
 from ..landmark_model import LandmarkModel, load_model
 from ..threads import free_cores, limit_threads
 from ..weights import load_weights, resolve_spec
 from .frames import FrameReader
+from .manifest import run_options
 from .tracker import TrackingConfig
 from .assembly import VideoAssembly
 from .outputs import output_stems
 from .segments import WARMUP
-from .videos import Event, Job, VideoSummary, output_ends, plan_jobs, progress_bar, run_jobs
+from .videos import (INTERRUPTED, Event, Job, VideoSummary, output_ends, plan_jobs, progress_bar, resume,
+                     run_jobs)
 
 
 
@@ -60,7 +65,7 @@ def track_videos_in_processes(sources: Sequence[str | Path], load: Callable[[], 
                               out_dir: str | Path | None = None, streams: int = 8,
                               tracking: TrackingConfig | None = None, draw: bool = False, progress: bool = True,
                               threads: int | None = None, stop: Event | None = None, segments: int | None = None,
-                              warmup: int = WARMUP) -> list[VideoSummary]:
+                              warmup: int = WARMUP, force: bool = False) -> list[VideoSummary]:
     """:func:`track_videos` with the videos (and the segments of long ones) shared among ``workers``
     processes.
 
@@ -72,9 +77,10 @@ def track_videos_in_processes(sources: Sequence[str | Path], load: Callable[[], 
         load: builds each worker's model; it must pickle, e.g.
             ``functools.partial(torch_clnf.load_model, "main_clnf_general.txt", config=config)``.
         workers: processes.
-        out_dir, streams, tracking, draw, stop, segments, warmup: as for :func:`track_videos`
+        out_dir, streams, tracking, draw, stop, segments, warmup, force: as for :func:`track_videos`
             (``stop`` is passed on to the workers, which ignore Ctrl-C themselves: the parent
-            decides; segments fill every worker's streams).
+            decides; segments fill every worker's streams; the videos complete in an earlier run
+            are skipped unless ``force``).
         progress: one tqdm bar on stderr for all workers (frames, frames/s).
         threads: the most torch threads per worker (default: the free cores shared among the
             workers; each call still takes one thread for a few faces, see :mod:`torch_clnf.threads`).
@@ -83,12 +89,15 @@ def track_videos_in_processes(sources: Sequence[str | Path], load: Callable[[], 
         only its own jobs: their summaries say so, and the CSV rows it wrote stay; the frames of a
         segment it did not finish get success-0 rows in its video's CSV.
     """
-    pending = [Path(s) for s in sources]
-    outputs = output_stems(pending, out_dir, output_ends(draw))
+    given = [Path(s) for s in sources]
+    all_outputs = output_stems(given, out_dir, output_ends(draw))
+    points, modes, model = model_facts(load)
+    run = resume(given, all_outputs, out_dir, run_options(*model, tracking or TrackingConfig(), draw), force)
+    pending, outputs = [given[k] for k in run.todo], [all_outputs[k] for k in run.todo]
     jobs, segmented = plan_jobs(pending, outputs, streams * max(1, workers), segments, warmup)
     shares = [[jobs[k] for k in share] for share in share_videos([job.frames for job in jobs], workers)]
     threads = threads or max(1, free_cores() // max(1, len(shares)))
-    model_shape = _model_shape(load) if segmented else (0, 0)
+    model_shape = (points, modes)
     context = multiprocessing.get_context("spawn")          # fork would copy torch's thread pools
     released = context.Array("b", len(jobs), lock=False)   # per job: handed over from, may stop
     first_job = {job.segment.video: job.number for job in reversed(jobs)}
@@ -101,16 +110,23 @@ def track_videos_in_processes(sources: Sequence[str | Path], load: Callable[[], 
     messages, workers_stop = context.Queue(), context.Event()
     bar = progress_bar(progress, sum(job.frames for job in jobs))
     summaries: dict[int, VideoSummary] = {}
-    results: dict[int, list[VideoSummary] | str] = {}         # worker → its jobs' summaries, or why it failed
+    results: dict[int, str | None] = {}                     # worker → None when it ended well, or why it failed
 
     def receive(message) -> None:
         if isinstance(message, int):
             if bar is not None:
                 bar.update(message)
-        elif message[0] == "segment":                       # a segment is done: its rows can be assembled
-            _, video, number, problems, fitted = message
-            assemblies[video].finished(number, problems, fitted=fitted)
-        else:                                               # ("result", worker, summaries or an error message)
+        elif message[0] == "job":                           # a job ended: its video recorded, or its rows assembled
+            _, number, summary = message
+            job = jobs[number]
+            if job.segmented:
+                cut_short = not summary.complete and not workers_stop.is_set()
+                assemblies[job.segment.video].finished(job.segment.number, summary.problems, fitted=summary.frames,
+                                                       failure="its tracking was cut short" if cut_short else None)
+            else:
+                summaries[job.segment.video] = summary
+                summary.record_in(run.manifest, outputs[job.segment.video])
+        else:                                               # ("result", worker, None or an error message)
             results[message[1]] = message[2]
 
     processes = [context.Process(target=_worker, args=(w, load, share, streams, tracking, draw, messages, threads,
@@ -136,17 +152,17 @@ def track_videos_in_processes(sources: Sequence[str | Path], load: Callable[[], 
             raise
         for w, share in enumerate(shares):
             found = results[w]
-            for k, job in enumerate(share):
-                if isinstance(found, list):
-                    if not job.segmented:
-                        summaries[job.segment.video] = found[k]
-                elif job.segmented:                           # the frames it did not track: success 0
-                    if not assemblies[job.segment.video].parts[job.segment.number].done:
-                        assemblies[job.segment.video].finished(job.segment.number,
-                                                               failure=f"worker process failed: {found}")
-                else:
-                    summaries[job.segment.video] = VideoSummary(job.segment.source,
-                                                                problems=[f"worker process failed: {found}"])
+            if found is None:
+                continue
+            for job in share:
+                video = job.segment.video
+                if job.segmented:                             # the frames it did not track: success 0
+                    if not assemblies[video].parts[job.segment.number].done:
+                        assemblies[video].finished(job.segment.number, failure=f"worker process failed: {found}")
+                elif video not in summaries or not summaries[video].complete:
+                    summary = summaries.setdefault(video, VideoSummary(job.segment.source))
+                    summary.problems.append(f"worker process failed: {found}")
+                    summary.record_in(run.manifest, outputs[video])
     finally:
         for process in processes:
             process.join(timeout=5)
@@ -154,24 +170,30 @@ def track_videos_in_processes(sources: Sequence[str | Path], load: Callable[[], 
         for video, assembly in assemblies.items():
             summary = summaries[video] = VideoSummary.assembled(pending[video], assembly.close(stopped))
             if stopped:
-                summary.problems.append(f"interrupted after {summary.frames} frames (their rows are written)")
+                summary.problems.append(INTERRUPTED.format(frames=summary.frames))
+            summary.record_in(run.manifest, outputs[video])
         if bar is not None:
             bar.close()
-    return [summaries.get(k, VideoSummary(pending[k], problems=["interrupted before it started"]))
-            for k in range(len(pending))]
+    return run.summaries([summaries.get(k, VideoSummary(pending[k], problems=["interrupted before it started"]))
+                          for k in range(len(pending))])
 
 
-def _model_shape(load: Callable[[], LandmarkModel]) -> tuple[int, int]:
-    """(landmarks, modes) of the model ``load`` builds, for the CSV's columns: from its converted
-    weights where ``load`` is a ``functools.partial`` of :func:`~torch_clnf.load_model` (no model
-    is built in this process), else from the model."""
+def model_facts(load: Callable[..., LandmarkModel]) -> tuple[int, int, tuple[str, FitConfig, Any]]:
+    """(landmarks, modes) of the model ``load`` builds, for the CSV's columns, and its (name, fit
+    settings, dtype), for the run's manifest: from its converted weights where ``load`` is a
+    ``functools.partial`` of :func:`~torch_clnf.load_model` (no model is built in this process),
+    else from the model."""
     if isinstance(load, functools.partial) and load.func is load_model:
         given = inspect.signature(load_model).bind_partial(*load.args, **load.keywords).arguments
         spec, models = given.get("spec", "main_clnf_general.txt"), given.get("models")
-        pdm = load_weights(resolve_spec(spec, models), models, given.get("cache")).pdm
-        return pdm.num_points, pdm.num_modes
-    pdm = load().fitter.pdm
-    return pdm.num_points, pdm.num_modes
+        weights = load_weights(resolve_spec(spec, models), models, given.get("cache"))
+        config = given.get("config") or FitConfig()
+        config = config.for_ceclm() if weights.cen else config
+        dtype = given.get("dtype", inspect.signature(load_model).parameters["dtype"].default)
+        return weights.pdm.num_points, weights.pdm.num_modes, (weights.name, config, dtype)
+    model = load()
+    pdm = model.fitter.pdm
+    return pdm.num_points, pdm.num_modes, (model.name, model.config, model.dtype)
 
 
 def _drain(messages: "multiprocessing.Queue", receive: Callable[[object], None], timeout: float) -> None:
@@ -189,22 +211,18 @@ def _worker(number: int, load: Callable[[], LandmarkModel], jobs: list[Job], str
             tracking: TrackingConfig | None, draw: bool, messages: "multiprocessing.Queue", threads: int,
             stop: Event, released) -> None:
     """A worker process: its jobs in lockstep. Whole videos write their CSVs, segments their rows
-    files (the parent assembles them as each is reported done); at the end, ``("result", number,
-    summaries)``, or the error as text (every process can unpickle it)."""
+    files; ``("job", job number, summary)`` as each job ends (the parent records the video, or
+    assembles the segment's rows); at the end, ``("result", number, None)``, or the error as text
+    (every process can unpickle it)."""
     limit_threads(threads)
     signal.signal(signal.SIGINT, signal.SIG_IGN)             # Ctrl-C reaches the parent, which sets ``stop``
-    summaries: dict[Job, VideoSummary] = {}
 
     def finished(job: Job, summary: VideoSummary) -> None:
-        summaries[job] = summary
-        if job.segmented:
-            messages.put(("segment", job.segment.video, job.segment.number, summary.problems, summary.frames))
+        messages.put(("job", job.number, summary))
 
     try:
         run_jobs(jobs, load(), streams, tracking, draw, messages.put, stop, finished, lambda k: bool(released[k]))
     except Exception as err:
         messages.put(("result", number, f"{type(err).__name__}: {err}"))
         return
-    messages.put(("result", number, [summaries.get(job, VideoSummary(job.segment.source,
-                                                                    problems=["interrupted before it started"]))
-                                     for job in jobs]))
+    messages.put(("result", number, None))
