@@ -205,7 +205,7 @@ class LandmarkModel(nn.Module):
                 hypothesis at the first scale, the most likely there (the frontal one where
                 nearly as likely) completed, the next where the validator rejects it
                 (:func:`~torch_clnf.fitting.fit_hypotheses`; CE-CLM: OpenFace's early
-                termination); about 1.4 times a single start. False: OpenFace's default single
+                termination); 1.4–1.7 times a single start for one face. False: OpenFace's default single
                 start (rotation 0), the mode whose landmarks the tests check against OpenFace's C++.
         """
         batch = self.prepare(images)
