@@ -1,11 +1,14 @@
 """Landmark fitting speed: torch_clnf vs OpenFace C++'s fit times in the reference CSVs.
 
     python bench/fit.py [--models DIR] [--device cpu|cuda|mps] [--batches 1 8 64] [--repeats 10] [--threads 1 2]
-                        [--ceclm] [--compile] [--capture] [--parts-alone]
+                        [--ceclm] [--compile] [--capture] [--parts-alone] [--multi-view]
 
 Fits from the recorded MTCNN boxes of ../shared/media/sample1–6.jpg (CLNF general model, part
-models on, as the C++ reference); batches repeat those six faces. Image decoding is excluded on
-both sides. With --ceclm, also CE-CLM on full-size synthetic CEN files (real layer shapes, random
+models on, single start as the C++ reference); batches repeat those six faces. Image decoding is
+excluded on both sides. With --multi-view, instead: per batch (default 1 and 8 faces), the single
+start, the default fit from 11 head-rotation hypotheses (the first scale's most likely completed)
+and the full 11-hypothesis search (every hypothesis completed), timed in turns, with their time
+as a multiple of the single start's. With --ceclm, also CE-CLM on full-size synthetic CEN files (real layer shapes, random
 weights) written by ../shared/tools/make_synthetic_cen.py. With --parts-alone, also CLNF with every
 part group refitted on its own (batches of up to 8 faces otherwise refit all their parts jointly,
 torch_clnf.fitting.parts), the two timed in turns, call by call. With --capture, also CLNF with
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import functools
 import os
 import platform
@@ -30,6 +34,7 @@ import torch
 
 import torch_clnf
 from torch_clnf import FitConfig
+from torch_clnf.fitting import ROTATION_HYPOTHESES
 
 from timing import SHARED, ceclm_models, interleaved_median_ms
 
@@ -61,13 +66,13 @@ def run(name: str, model: torch_clnf.LandmarkModel, batches: list[int], device: 
         if model.config.compile or model.config.capture:    # compile / capture this batch size's graphs first
             start = time.perf_counter()
             for _ in range(2):
-                model.fit(greys, boxes, image_index=index)
+                model.fit(greys, boxes, image_index=index, multi_view=False)
             print(f"# compiling or capturing for {batch} faces: {time.perf_counter() - start:.0f} s", flush=True)
         joint = model.fitter.joint_parts_max_faces
 
         def fit(joint_parts_max_faces: int) -> None:
             model.fitter.joint_parts_max_faces = joint_parts_max_faces
-            model.fit(greys, boxes, image_index=index)
+            model.fit(greys, boxes, image_index=index, multi_view=False)
 
         variants = {name: joint, **({f"{name} parts alone": 0} if parts_alone else {})}
         medians = interleaved_median_ms({label: functools.partial(fit, limit) for label, limit in variants.items()},
@@ -79,11 +84,41 @@ def run(name: str, model: torch_clnf.LandmarkModel, batches: list[int], device: 
                   f"{batch / ms * 1000:9.0f} {cpp_ms:8.1f} {1000 / cpp_ms:8.0f} {cpp_ms / per_face:8.2f}x", flush=True)
 
 
+def run_multi_view(model: torch_clnf.LandmarkModel, batches: list[int], device: torch.device, repeats: int,
+                   threads: list[int | None]) -> None:
+    """Single start, the default multi-view fit and the full 11-hypothesis search, side by side. A
+    batch of 1 is each of the six faces fitted alone in turn (ms: per fit)."""
+    default_config = model.fitter.config
+    full_search = dataclasses.replace(default_config, hypotheses_completed=len(ROTATION_HYPOTHESES))
+    print(f"{'fit':23} {'dev':5} {'threads':>7} {'faces':>5} {'batch ms':>10} {'ms/face':>9} {'x single':>9}")
+    for batch, count in ((b, t) for b in batches for t in threads):
+        model.threads = count
+        greys, boxes, index = faces(batch if batch > 1 else 6, device)
+        fits = [(greys, boxes, index)] if batch > 1 else [([g], boxes[k:k + 1], index[:1] * 0) for k, g in enumerate(greys)]
+
+        def fit(multi_view: bool, config: FitConfig) -> None:
+            model.fitter.config = config
+            for images, face_boxes, image_index in fits:
+                model.fit(images, face_boxes, image_index=image_index, multi_view=multi_view)
+
+        variants = {"single start": (False, default_config), "11 hypotheses (default)": (True, default_config),
+                    "11 hypotheses, all": (True, full_search)}
+        try:
+            medians = interleaved_median_ms({label: functools.partial(fit, *v) for label, v in variants.items()},
+                                            device, repeats, warmup=1)
+        finally:
+            model.fitter.config = default_config
+        for label, ms in medians.items():
+            ms /= len(fits)
+            print(f"{label:23} {device.type:5} {count or 'auto':>7} {batch:5d} {ms:10.1f} {ms / batch:9.2f} "
+                  f"{ms / medians['single start'] * len(fits):8.2f}x", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", type=Path, default=Path(os.environ.get("TORCH_CLNF_MODELS", SHARED / "openface-models")))
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 64])
+    parser.add_argument("--batches", type=int, nargs="+", help="faces per fit (default 1 8 64; 1 8 with --multi-view)")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--threads", nargs="+", help="torch threads, each batch timed with each (side by side in "
                         "one run): numbers, or auto for torch_clnf's choice per call (the default)")
@@ -92,27 +127,38 @@ def main() -> None:
     parser.add_argument("--capture", action="store_true", help="also time CLNF with FitConfig(capture=True)")
     parser.add_argument("--parts-alone", action="store_true",
                         help="also time CLNF with each part group refitted on its own (no joint part refits)")
+    parser.add_argument("--multi-view", action="store_true", help="time the single start against the default fit "
+                        "from 11 head-rotation hypotheses and the full 11-hypothesis search (batches 1 and 8 unless "
+                        "--batches is given)")
     args = parser.parse_args()
     device = torch.device(args.device)
     threads = [None if t == "auto" else int(t) for t in args.threads or ["auto"]]
+    if args.multi_view:
+        print(f"# {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, float32, median of "
+              f"{args.repeats}, the three fits timed in turns; CLNF general, part models and validator")
+        run_multi_view(torch_clnf.load_model("main_clnf_general.txt", args.models, device=device),
+                       args.batches or [1, 8], device,
+                       args.repeats, threads)
+        return
     print(f"# {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
           f"float32, median of {args.repeats}; C++ = OpenFace 2.x on the same machine type (reference CSVs)")
     print(f"{'model':18} {'dev':5} {'threads':>7} {'faces':>5} {'batch ms':>10} {'ms/face':>9} {'faces/s':>9} "
           f"{'C++ ms':>8} {'C++ f/s':>8} {'speed-up':>9}")
     cpp_clnf = cpp_median_ms("images_default.csv")
-    run("CLNF", torch_clnf.load_model("main_clnf_general.txt", args.models, device=device), args.batches, device,
+    batches = args.batches or [1, 8, 64]
+    run("CLNF", torch_clnf.load_model("main_clnf_general.txt", args.models, device=device), batches, device,
         args.repeats, cpp_clnf, threads, args.parts_alone)
     if args.compile:
         model = torch_clnf.load_model("main_clnf_general.txt", args.models, device=device, config=FitConfig(compile=True))
-        run("CLNF compiled", model, args.batches, device, args.repeats, cpp_clnf, threads)
+        run("CLNF compiled", model, batches, device, args.repeats, cpp_clnf, threads)
     if args.capture:
         model = torch_clnf.load_model("main_clnf_general.txt", args.models, device=device, config=FitConfig(capture=True))
-        run("CLNF captured", model, args.batches, device, args.repeats, cpp_clnf, threads)
+        run("CLNF captured", model, batches, device, args.repeats, cpp_clnf, threads)
     if args.ceclm:
         with tempfile.TemporaryDirectory() as folder, tempfile.TemporaryDirectory() as cache:
             model = torch_clnf.load_model("main_ceclm_general.txt", ceclm_models(Path(folder), args.models),
                                           device=device, cache=cache)
-            run("CE-CLM (synth)", model, args.batches, device, args.repeats, 29.5,   # C++: 28-31 ms (reference README)
+            run("CE-CLM (synth)", model, batches, device, args.repeats, 29.5,   # C++: 28-31 ms (reference README)
                 threads)
 
 

@@ -3,7 +3,7 @@
     python bench/ops.py [--models DIR] [--names 12]
 
 Counts every ATen call (views too: they cost dispatcher time as well) of a one-face CLNF fit from
-a box (parts and validator), one tracked frame, an 8-face fit and a CE-CLM one-face fit (small
+a box (single start, parts and validator), one tracked frame, an 8-face fit and a CE-CLM one-face fit (small
 synthetic CEN files: the count does not depend on the layers' sizes), in total, by stage and by
 operation name. Counts are deterministic: a noise-free proxy for the time of small batches, which
 tests/test_operation_counts.py holds under a budget.
@@ -112,10 +112,11 @@ def workloads(models: Path) -> dict[str, Callable[[], object]]:
     image = cv2.imread(str(SHARED / "media" / row["file_or_frame"]))
     box = np.array([[float(row[k]) for k in ("box_x", "box_y", "box_w", "box_h")]], np.float32)
     model = torch_clnf.load_model(models=models)
-    result = model.fit([image], box)
-    calls = {"one face, fit from a box (CLNF, parts, validator)": lambda: model.fit([image], box),
+    result = model.fit([image], box, multi_view=False)
+    calls = {"one face, fit from a box (CLNF, parts, validator)": lambda: model.fit([image], box, multi_view=False),
              "one tracked frame": lambda: model.track([image], result),
-             "8 faces, fit from boxes": lambda: model.fit([image], np.repeat(box, 8, 0), image_index=[0] * 8)}
+             "8 faces, fit from boxes": lambda: model.fit([image], np.repeat(box, 8, 0), image_index=[0] * 8,
+                                                          multi_view=False)}
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from openface_files import write_cen_file
 
@@ -129,7 +130,7 @@ def workloads(models: Path) -> dict[str, Callable[[], object]]:
                        seed=k)
     (folder / "early_term_cen_of.txt").write_text("1 1 1\n0 0 0\n-1 -1 -1\n")
     ceclm = torch_clnf.load_model("main_ceclm_general.txt", models=folder, cache=folder / "cache")
-    calls["one face, fit from a box (CE-CLM)"] = lambda: ceclm.fit([image], box)
+    calls["one face, fit from a box (CE-CLM)"] = lambda: ceclm.fit([image], box, multi_view=False)
     for call in calls.values():
         call()
     return calls

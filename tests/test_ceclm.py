@@ -33,10 +33,10 @@ def test_ceclm_model_fits_with_openfaces_parameter_changes(ceclm_dir, media_dir,
     assert all(e.sparse for e in model.fitter.experts)
     records = rows(reference_dir / "openface_cpp/images_default.csv")[:2]
     images = [media_dir / r["file_or_frame"] for r in records]
-    batch = model.fit(images, boxes(records))
+    batch = model.fit(images, boxes(records), multi_view=False)
     assert batch.landmarks.shape == (2, 68, 2)
     assert torch.isfinite(batch.landmarks).all() and torch.isfinite(batch.params_global).all()
-    single = model.fit(images[1:], boxes(records[1:]))
+    single = model.fit(images[1:], boxes(records[1:]), multi_view=False)
     assert (single.landmarks[0] - batch.landmarks[1]).abs().max() < 1e-6      # float64: tests/tolerances.py
     tracked = model.track(images[:1], batch[0])
     assert torch.isfinite(tracked.landmarks).all()
@@ -45,10 +45,10 @@ def test_ceclm_model_fits_with_openfaces_parameter_changes(ceclm_dir, media_dir,
 def test_ceclm_dense_and_sparse_agree_roughly(ceclm_dir, media_dir, reference_dir, tmp_path):
     model = torch_clnf.load_model("main_ceclm_general.txt", models=ceclm_dir, cache=tmp_path)
     records = rows(reference_dir / "openface_cpp/images_default.csv")[:1]
-    sparse = model.fit([media_dir / records[0]["file_or_frame"]], boxes(records))
+    sparse = model.fit([media_dir / records[0]["file_or_frame"]], boxes(records), multi_view=False)
     for experts in model.fitter.experts:
         experts.sparse = False
-    dense = model.fit([media_dir / records[0]["file_or_frame"]], boxes(records))
+    dense = model.fit([media_dir / records[0]["file_or_frame"]], boxes(records), multi_view=False)
     assert not torch.equal(sparse.landmarks, dense.landmarks)
     assert np.isfinite(dense.landmarks.numpy()).all()
 
@@ -66,7 +66,7 @@ def test_multi_view_stops_at_the_first_hypothesis_that_passes_early_termination(
     model = torch_clnf.load_model("main_ceclm_general.txt", models=folder, cache=tmp_path / "cache", dtype=torch.float64)
     records = rows(reference_dir / "openface_cpp/images_default.csv")[:2]
     images = [media_dir / r["file_or_frame"] for r in records]
-    plain = model.fit(images, boxes(records))
+    plain = model.fit(images, boxes(records), multi_view=False)
     searched = model.fit(images, boxes(records), multi_view=True)
     torch.testing.assert_close(searched.landmarks, plain.landmarks, atol=1e-6, rtol=0)
     assert searched.success.tolist() == plain.success.tolist()

@@ -40,14 +40,14 @@ def test_image_command_writes_csv_and_drawing(models_dir, media_dir, reference_d
     record = rows(reference_dir / "openface_cpp/images_default.csv")[0]
     box = ",".join(record[k] for k in ("box_x", "box_y", "box_w", "box_h"))
     code = main(["image", str(media_dir / "sample1.jpg"), "--box", box, "--models", str(models_dir),
-                 "--csv", str(tmp_path / "out.csv"), "--draw", str(tmp_path / "out.png")])
+                 "--csv", str(tmp_path / "out.csv"), "--draw", str(tmp_path / "out.png"), "--single-start"])
     assert code == 0
     assert "sample1.jpg: ok" in capsys.readouterr().out
     with open(tmp_path / "out.csv") as f:
         (row,) = list(csv.DictReader(f))
-    assert row["file"].endswith("sample1.jpg") and row["face_id"] == "0" and row["success"] == "1"
+    assert row["file"].endswith("sample1.jpg") and (row["face_id"], row["faces_found"], row["success"]) == ("0", "1", "1")
     ours = np.array([[float(row[f"x_{i}"]), float(row[f"y_{i}"])] for i in range(68)])
-    assert np.median(np.linalg.norm(ours - landmarks([record]).numpy()[0], axis=1)) < 0.5
+    assert np.median(np.linalg.norm(ours - landmarks([record]).numpy()[0], axis=1)) < 0.05       # the C++'s fit
     assert {"pose_Tx", "pose_Rz", "X_67", "Z_0", "p_scale", "p_33"} <= set(row)
     drawing = cv2.imread(str(tmp_path / "out.png"))
     assert drawing.shape == cv2.imread(str(media_dir / "sample1.jpg")).shape
@@ -74,6 +74,28 @@ def test_image_command_detects_faces(models_dir, media_dir, reference_dir, tmp_p
     record = rows(reference_dir / "openface_cpp/images_default.csv")[1]
     ours = np.array([[float(row[f"x_{i}"]), float(row[f"y_{i}"])] for i in range(68)])
     assert np.median(np.linalg.norm(ours - landmarks([record]).numpy()[0], axis=1)) < 0.5
+
+
+def test_image_command_keeps_the_most_confident_faces(models_dir, media_dir, tmp_path, capsys, monkeypatch):
+    """sample6, a grid of portraits: every face is fitted, the two most confident are written, and
+    the CSV says how many the image had."""
+    import csv
+
+    monkeypatch.setenv("TORCH_CLNF_CACHE", str(tmp_path / "cache"))
+    code = main(["image", str(media_dir / "sample6.jpg"), "--max-faces", "2", "--models", str(models_dir),
+                 "--csv", str(tmp_path / "out.csv")])
+    assert code == 0
+    out = capsys.readouterr().out
+    with open(tmp_path / "out.csv") as f:
+        table = list(csv.DictReader(f))
+    found = int(table[0]["faces_found"])
+    assert len(table) == 2 and found > 2 and {r["faces_found"] for r in table} == {str(found)}
+    assert f"sample6.jpg: {found} faces, 2 kept" in out and f"({found - 2} more left out by --max-faces" in out
+    assert len({r["face_id"] for r in table}) == 2 and all(int(r["face_id"]) < found for r in table)
+    assert main(["image", str(media_dir / "sample6.jpg"), "--max-faces", "0"]) == 2
+    assert "--max-faces must be at least 1" in capsys.readouterr().err
+    assert main(["image", str(media_dir / "sample6.jpg"), "--min-confidence", "1.5"]) == 2
+    assert "--min-confidence must be between 0 and 1" in capsys.readouterr().err
 
 
 def test_video_command_on_a_folder(models_dir, media_dir, tmp_path, capsys, monkeypatch):

@@ -39,7 +39,7 @@ def fit_reference_images(model, media_dir, reference_dir, variant):
     config = dataclasses.replace(model.config, refine_hierarchical=variant == "default")
     fitter_config, model.fitter.config = model.fitter.config, config
     try:
-        return model.fit([media_dir / r["file_or_frame"] for r in records], boxes(records)), records
+        return model.fit([media_dir / r["file_or_frame"] for r in records], boxes(records), multi_view=False), records
     finally:
         model.fitter.config = fitter_config
 
@@ -96,10 +96,10 @@ def test_batch_equals_one_at_a_time(model64, media_dir, reference_dir):
     images = [cv2.imread(str(media_dir / r["file_or_frame"])) for r in records]
     # two boxes in one image, and an image of another size, in one batch
     batch = model.fit([images[0], images[3]], torch.cat([boxes(records[:1]), boxes(records[:1]) + 1, boxes(records[3:4])]),
-                      image_index=[0, 0, 1])
-    one = model.fit([images[0]], boxes(records[:1]))
-    shifted = model.fit([images[0]], boxes(records[:1]) + 1)
-    other = model.fit([images[3]], boxes(records[3:4]))
+                      image_index=[0, 0, 1], multi_view=False)
+    one = model.fit([images[0]], boxes(records[:1]), multi_view=False)
+    shifted = model.fit([images[0]], boxes(records[:1]) + 1, multi_view=False)
+    other = model.fit([images[3]], boxes(records[3:4]), multi_view=False)
     for k, single in enumerate((one, shifted, other)):
         assert (batch.landmarks[k] - single.landmarks[0]).abs().max() < 1e-6
     assert batch.image_index.tolist() == [0, 0, 1]
@@ -189,7 +189,8 @@ def test_faces_that_fail_are_reported(model):
     blank = np.zeros((240, 320), np.uint8)
     with pytest.warns(UserWarning, match=r"less than half of 1 face box\(es\) lies inside its image: box 2"):
         result = model.fit([blank, blank, blank], torch.tensor([[100.0, 100.0, 8.0, 8.0], [40.0, 40.0, 150.0, 150.0],
-                                                                [10.0, 10.0, 0.0, 0.0]]), image_index=[0, 1, 2])
+                                                                [10.0, 10.0, 0.0, 0.0]]), image_index=[0, 1, 2],
+                           multi_view=False)
     assert result.success.tolist() == [False, False, False]
     assert result.confidence[0] == 0 and result.confidence[2] == 0            # failed fits are not validated
     assert 0 < result.confidence[1] < 0.725
@@ -197,7 +198,7 @@ def test_faces_that_fail_are_reported(model):
     validate = dataclasses.replace(model.config, validate=False)
     config, model.config = model.config, validate
     try:
-        unvalidated = model.fit([blank], torch.tensor([[40.0, 40.0, 150.0, 150.0]]))
+        unvalidated = model.fit([blank], torch.tensor([[40.0, 40.0, 150.0, 150.0]]), multi_view=False)
     finally:
         model.config = config
     assert unvalidated.success.tolist() == [True] and unvalidated.confidence.tolist() == [1.0]
@@ -207,7 +208,7 @@ def test_float64_and_config(models_dir, media_dir, reference_dir, tmp_path):
     records = rows(reference_dir / "openface_cpp/images_nohier.csv")[1:2]
     model = torch_clnf.load_model("main_clnf_general.txt", models=models_dir, dtype=torch.float64, cache=tmp_path,
                                   config=FitConfig(refine_hierarchical=False))
-    result = model.fit([media_dir / records[0]["file_or_frame"]], boxes(records))
+    result = model.fit([media_dir / records[0]["file_or_frame"]], boxes(records), multi_view=False)
     assert result.landmarks.dtype == torch.float64
     assert distances(result, records).median() < 0.05
 
@@ -218,7 +219,8 @@ def test_track_refits_failed_faces_from_scratch_windows(model64, media_dir, refe
     model = model64
     records = rows(reference_dir / "openface_cpp/images_default.csv")[:1]
     image = cv2.imread(str(media_dir / records[0]["file_or_frame"]))
-    first = model.fit([image, image], torch.cat([boxes(records), torch.tensor([[5.0, 5.0, 6.0, 6.0]])]), image_index=[0, 0])
+    first = model.fit([image, image], torch.cat([boxes(records), torch.tensor([[5.0, 5.0, 6.0, 6.0]])]),
+                      image_index=[0, 0], multi_view=False)
     assert first.success.tolist() == [True, False]
     again = model.track([image], first, image_index=[0, 0])
     tracked_alone = model.track([image], first[0])

@@ -64,7 +64,28 @@ def test_image_csv_numbers_faces_per_image(fitted, tmp_path):
     write_image_csv(tmp_path / "faces.csv", three, ["a.jpg", "b.jpg", "c.jpg"])
     with open(tmp_path / "faces.csv") as f:
         table = list(csv.DictReader(f))
-    assert [(r["file"], r["face_id"]) for r in table] == [("a.jpg", "0"), ("a.jpg", "1"), ("b.jpg", ""), ("c.jpg", "0")]
+    assert [(r["file"], r["face_id"], r["faces_found"]) for r in table] == [
+        ("a.jpg", "0", "2"), ("a.jpg", "1", "2"), ("b.jpg", "", "0"), ("c.jpg", "0", "1")]
     assert float(table[3]["x_0"]) == pytest.approx(float(result.landmarks[0, 0, 0]), abs=1e-3)
     assert table[0]["success"] == "1"
     assert (table[2]["success"], table[2]["confidence"], table[2]["x_0"], table[2]["p_33"]) == ("0", "0", "", "")
+
+
+def test_image_csv_of_the_faces_kept(fitted, tmp_path):
+    """Rows of some of an image's faces keep their numbers and say how many it had; an image whose
+    faces were all left out has the no-face row, with its count."""
+    import csv
+
+    from torch_clnf.landmark_model import FitResult
+    from torch_clnf.output import ImageCSV
+
+    _, result = fitted
+    table = ImageCSV(tmp_path / "kept.csv")
+    table.write("a.jpg", FitResult.cat([result, result]), face_ids=[1, 4], found=5)
+    table.write("b.jpg", result[:0], face_ids=[], found=3)
+    table.close()
+    with open(tmp_path / "kept.csv") as f:
+        rows_ = list(csv.DictReader(f))
+    assert [(r["file"], r["face_id"], r["faces_found"], r["success"]) for r in rows_] == [
+        ("a.jpg", "1", "5", "1"), ("a.jpg", "4", "5", "1"), ("b.jpg", "", "3", "0")]
+    assert table.rows == 3

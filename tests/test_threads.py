@@ -58,8 +58,8 @@ def test_a_model_call_sets_its_threads_and_restores_torchs(auto, models_dir, med
     monkeypatch.setattr(threads, "free_cores", lambda: 2)
     before = torch.get_num_threads()
     box = torch.tensor([[110.0, 110.0, 180.0, 170.0]])
-    model.fit([media_dir / "sample1.jpg"], box)
-    model.fit([media_dir / "sample1.jpg"], box.repeat(8, 1), image_index=[0] * 8)
+    model.fit([media_dir / "sample1.jpg"], box, multi_view=False)
+    model.fit([media_dir / "sample1.jpg"], box.repeat(8, 1), image_index=[0] * 8, multi_view=False)
     model.threads = 1
-    model.fit([media_dir / "sample1.jpg"], box.repeat(8, 1), image_index=[0] * 8)
+    model.fit([media_dir / "sample1.jpg"], box.repeat(8, 1), image_index=[0] * 8, multi_view=False)
     assert seen == [1, 2, 1] and torch.get_num_threads() == before

@@ -192,7 +192,7 @@ class LandmarkModel(nn.Module):
 
     @torch.inference_mode()
     def fit(self, images: Images, boxes: torch.Tensor | Sequence[Sequence[float]] | None = None,
-            image_index: torch.Tensor | Sequence[int] | None = None, multi_view: bool = False) -> FitResult:
+            image_index: torch.Tensor | Sequence[int] | None = None, multi_view: bool = True) -> FitResult:
         """Fit faces from boxes, as OpenFace's ``DetectLandmarksInImage``.
 
         Args:
@@ -200,9 +200,13 @@ class LandmarkModel(nn.Module):
             boxes: (B, 4) face boxes ``(x, y, width, height)``, pixels; None: every face the
                 detector finds (``image_index`` then says whose; no face in any image gives B = 0).
             image_index: (B,) the image of each box (default: box k is in image k).
-            multi_view: also try 10 other head rotations and keep the most likely fit, as
-                OpenFace does when it first finds a face in a video (:func:`~torch_clnf.fitting.fit_hypotheses`):
-                11 times the work for CLNF; for CE-CLM, 11 first-scale fits and one to three complete ones.
+            multi_view: fit each face from OpenFace's 11 head-rotation hypotheses (default; its
+                "wild" mode, which fits profile and tilted faces that one start misses): every
+                hypothesis at the first scale, the most likely there (the frontal one where
+                nearly as likely) completed, the next where the validator rejects it
+                (:func:`~torch_clnf.fitting.fit_hypotheses`; CE-CLM: OpenFace's early
+                termination); 1.4–1.7 times a single start for one face. False: OpenFace's default single
+                start (rotation 0), the mode whose landmarks the tests check against OpenFace's C++.
         """
         batch = self.prepare(images)
         given = boxes is not None
@@ -233,9 +237,11 @@ class LandmarkModel(nn.Module):
                 return self._result(state, batch, index)
         hypotheses = torch.tensor(ROTATION_HYPOTHESES, dtype=self.dtype, device=self.device)   # (H, 3)
         count, h = boxes.shape[0], hypotheses.shape[0]
-        with self._threads(faces=count * h):
+        with self._threads(faces=count):                 # threads as for the faces' own fits
             g = fitter.pdm.params_from_box(boxes.repeat_interleave(h, 0), hypotheses.repeat(count, 1)).view(count, h, 6)
-            state = fit_hypotheses(fitter, grey, index, g, self.config.window_sizes, self.early_termination)
+            validated = self.validator is not None and self.config.validate
+            state = fit_hypotheses(fitter, grey, index, g, self.config.window_sizes, self.early_termination,
+                                   (lambda fits, where: self._certainty(fits, batch, where)[1]) if validated else None)
             return self._result(state, batch, index)
 
     @torch.inference_mode()

@@ -31,7 +31,8 @@ def openface_values(result: FitResult) -> np.ndarray:
 
 
 def write_image_csv(path: str | Path, result: FitResult, names: Sequence[str]) -> None:
-    """One row per face: ``file, face_id`` (the face's number within its image), then OpenFace's columns."""
+    """One row per face: ``file, face_id`` (the face's number within its image), ``faces_found``,
+    then OpenFace's columns (see :class:`ImageCSV`)."""
     table = ImageCSV(path, result.landmarks.shape[1], result.params_local.shape[1])
     try:
         for number, name in enumerate(names):
@@ -43,10 +44,11 @@ def write_image_csv(path: str | Path, result: FitResult, names: Sequence[str]) -
 class ImageCSV:
     """Image files' faces as CSV rows, written as each image's faces arrive (flushed per image).
 
-    Columns: ``file``, ``face_id`` (the face's number within its image), then
-    :func:`openface_columns`. An image without a face has one row with ``confidence`` and
-    ``success`` 0 and the other fields empty (no ``face_id``, no landmarks), so that "no face"
-    differs from "not processed" (no row).
+    Columns: ``file``, ``face_id`` (the face's number within its image), ``faces_found`` (how
+    many faces the image had, the rows written for it or not), then :func:`openface_columns`. An
+    image without a face, or none kept, has one row with ``confidence`` and ``success`` 0 and
+    the other fields empty (no ``face_id``, no landmarks), so that "no face" differs from "not
+    processed" (no row).
     """
 
     def __init__(self, path: str | Path, num_points: int = 68, num_modes: int = 34) -> None:
@@ -55,17 +57,26 @@ class ImageCSV:
         self._stream = open(self.path, "w", newline="")
         self._writer = csv.writer(self._stream)
         self._columns = openface_columns(num_points, num_modes)
-        self._writer.writerow(["file", "face_id"] + self._columns)
+        self._writer.writerow(["file", "face_id", "faces_found"] + self._columns)
         self.rows = 0
 
-    def write(self, name: str, faces: FitResult) -> None:
-        """One row per face of one image (``faces`` all of that image, in order; none: the no-face row)."""
-        for face_id, values in enumerate(openface_values(faces)):
+    def write(self, name: str, faces: FitResult, face_ids: Sequence[int] | torch.Tensor | None = None,
+              found: int | None = None) -> None:
+        """One row per face of one image (none: the no-face row).
+
+        Args:
+            faces: the image's faces to write, in order.
+            face_ids: their numbers within the image (default 0, 1, …).
+            found: the faces the image had (default ``len(faces)``).
+        """
+        face_ids = range(len(faces)) if face_ids is None else [int(k) for k in face_ids]
+        found = len(faces) if found is None else found
+        for face_id, values in zip(face_ids, openface_values(faces)):
             row = [f"{v:.6g}" for v in values]
             row[1] = str(int(values[1]))
-            self._writer.writerow([name, face_id] + row)
+            self._writer.writerow([name, face_id, found] + row)
         if not len(faces):
-            self._writer.writerow([name, "", "0", "0"] + [""] * (len(self._columns) - 2))
+            self._writer.writerow([name, "", found, "0", "0"] + [""] * (len(self._columns) - 2))
         self._stream.flush()
         self.rows += max(1, len(faces))
 

@@ -35,12 +35,12 @@ def test_compiled_iterations_match_eager(models_dir, sample, tmp_path):
                                   dtype=torch.float64)
     fast = torch_clnf.load_model(models=models_dir, cache=tmp_path, config=FitConfig(compile=True, **CONFIG),
                                  detector=False, dtype=torch.float64)
-    expected = eager.fit(images, face_boxes)
-    found = fast.fit(images, face_boxes)
+    expected = eager.fit(images, face_boxes, multi_view=False)
+    found = fast.fit(images, face_boxes, multi_view=False)
     assert not compiling._broken
     assert (found.landmarks - expected.landmarks).norm(dim=-1).max() < 1e-6
     assert torch.equal(found.success, expected.success)
-    again = fast.fit(images[:1], face_boxes[:1])                     # another batch size
+    again = fast.fit(images[:1], face_boxes[:1], multi_view=False)                     # another batch size
     assert (again.landmarks[0] - expected.landmarks[0]).norm(dim=-1).max() < 1e-6
 
 
@@ -55,7 +55,7 @@ def test_a_compilation_failure_runs_eagerly(models_dir, sample, tmp_path, monkey
     model = torch_clnf.load_model(models=models_dir, cache=tmp_path, config=FitConfig(compile=True, **CONFIG),
                                   detector=False)
     with pytest.warns(RuntimeWarning, match="torch.compile failed, the fit runs uncompiled: RuntimeError: no C"):
-        found = model.fit(images[:1], face_boxes[:1])
+        found = model.fit(images[:1], face_boxes[:1], multi_view=False)
     expected = torch_clnf.load_model(models=models_dir, cache=tmp_path, config=FitConfig(**CONFIG),
-                                     detector=False).fit(images[:1], face_boxes[:1])
+                                     detector=False).fit(images[:1], face_boxes[:1], multi_view=False)
     assert torch.equal(found.landmarks, expected.landmarks)

@@ -39,17 +39,81 @@ def hypotheses(*pitches: float) -> torch.Tensor:
     return g
 
 
-def search(g: torch.Tensor, cutoffs: list[float] | None) -> tuple[FitState, ScriptedFitter]:
+def search(g: torch.Tensor, cutoffs: list[float] | None, completed: int = 1,
+           window_sizes: tuple[int, ...] = (11, 9, 7), accept=None) -> tuple[FitState, ScriptedFitter]:
     fitter = ScriptedFitter()
+    fitter.config = FitConfig(refine_hierarchical=False, hypotheses_completed=completed)
     early = None if cutoffs is None else EarlyTermination(torch.ones(2), torch.zeros(2), torch.tensor(cutoffs))
-    state = fit_hypotheses(fitter, torch.zeros(1, 8, 8), torch.zeros(len(g), dtype=torch.long), g, (11, 9, 7), early)
+    state = fit_hypotheses(fitter, torch.zeros(1, 8, 8), torch.zeros(len(g), dtype=torch.long), g, window_sizes, early,
+                           accept)
     return state, fitter
 
 
-def test_basic_search_fits_every_hypothesis_over_all_scales_and_keeps_the_most_likely():
+def test_the_frontal_hypothesis_is_completed_where_nearly_as_likely_as_the_best():
+    _, fitter = search(hypotheses(4.6, 5, 3), None)
+    assert fitter.calls[1][1].tolist() == [4.6]                              # within FRONTAL_MARGIN (0.5) of 5
+    _, fitter = search(hypotheses(4.4, 5, 3), None)
+    assert fitter.calls[1][1].tolist() == [5]
+
+
+def test_a_fit_the_validator_rejects_is_followed_by_the_next_most_likely():
+    """The next: the frontal hypothesis (OpenFace's single start), then the most likely of the others."""
+    state, fitter = search(hypotheses(1, 5, 3, 2), None, accept=lambda fits, index: fits.params_global[:, 1] == 3)
+    assert [c[1].tolist() for c in fitter.calls[1:]] == [[5], [1], [3]]
+    assert state.params_global[0, 1] == 3 and bool(state.success[0])
+    state, fitter = search(hypotheses(4.6, 5, 3, 2), None, accept=lambda fits, index: fits.params_global[:, 1] != 4.6)
+    assert [c[1].tolist() for c in fitter.calls[1:]] == [[4.6], [5]]
+    assert state.params_global[0, 1] == 5
+
+
+def test_where_the_validator_rejects_every_try_the_first_is_kept():
+    def never(fits, index):
+        return torch.zeros(len(fits.success), dtype=torch.bool)
+
+    state, fitter = search(hypotheses(1, 5, 3, 2), None, accept=never)
+    assert [c[1].tolist() for c in fitter.calls[1:]] == [[5], [1], [3]]     # COMPLETED (3) tries in all
+    assert state.params_global[0, 1] == 5
+
+
+def test_only_the_rejected_faces_are_tried_again():
+    g = torch.cat([hypotheses(1, 5, 3), hypotheses(7, 2, 6)])
+    state, fitter = search(g, None, accept=lambda fits, index: fits.params_global[:, 1] != 5)
+    assert [c[1].tolist() for c in fitter.calls[1:]] == [[5, 7], [1]]
+    assert state.params_global[:, 1].tolist() == [1, 7]
+
+
+def test_the_most_likely_hypothesis_after_the_first_scale_is_completed_alone():
     state, fitter = search(hypotheses(1, 5, 99, 3), None)
-    assert [c[0] for c in fitter.calls] == [(11, 9, 7)]
+    (first_windows, first_pitches), (rest_windows, completed) = fitter.calls
+    assert first_windows == (11, 0, 0) and first_pitches.tolist() == [1, 5, 99, 3]
+    assert rest_windows == (0, 9, 7) and completed.tolist() == [5]           # 99 is more likely, but failed
+    assert state.params_global[0].tolist()[:2] == [3, 5] and bool(state.success[0])   # 1 + 2 scales fitted
+
+
+def test_basic_search_completes_every_hypothesis_and_keeps_the_most_likely():
+    """hypotheses_completed = H: OpenFace's basic search (every hypothesis over all scales)."""
+    state, fitter = search(hypotheses(1, 5, 99, 3), None, completed=4)
+    _, (rest_windows, completed) = fitter.calls
+    assert rest_windows == (0, 9, 7) and completed.tolist() == [5, 1, 3]      # the best, the frontal; 99 failed
     assert state.params_global[0, 1] == 5 and bool(state.success[0])
+
+
+def test_equally_likely_hypotheses_complete_the_first_in_order():
+    g = hypotheses(4, 4, 4)
+    g[0, :, 5] = torch.tensor([10.0, 20.0, 30.0])                             # told apart by their ty
+    state, fitter = search(g, None)
+    assert state.params_global[0, 5] == 10
+
+
+def test_a_face_whose_hypotheses_all_fail_fails():
+    state, fitter = search(torch.cat([hypotheses(99, 99), hypotheses(2, 99)]), None)
+    assert state.success.tolist() == [False, True] and state.params_global[1, 1] == 2
+    assert fitter.calls[1][1].tolist() == [2]                                   # the failed face is not completed
+
+
+def test_the_first_scale_is_the_first_window_that_is_fitted():
+    _, fitter = search(hypotheses(1, 2), None, window_sizes=(0, 9, 7))
+    assert [c[0] for c in fitter.calls] == [(0, 9, 0), (0, 0, 7)]
 
 
 def test_early_termination_completes_the_first_hypothesis_that_passes_only():

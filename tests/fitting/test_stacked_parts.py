@@ -19,8 +19,8 @@ def test_eyes_are_stacked_and_fit_as_one_after_the_other(models_dir, media_dir, 
     assert fitter.part_names == ["inner", "left_eye_28", "right_eye_28"]
     assert fitter.part_groups == [[0], [1, 2]]
     monkeypatch.setattr(fitter, "joint_parts_max_faces", 0)             # each group on its own (see test_parts)
-    stacked = model.fit(images, boxes(records))
+    stacked = model.fit(images, boxes(records), multi_view=False)
     fitter.part_groups = [[0], [1], [2]]                                 # OpenFace's order: one part at a time
-    sequential = model.fit(images, boxes(records))
+    sequential = model.fit(images, boxes(records), multi_view=False)
     assert (stacked.landmarks - sequential.landmarks).norm(dim=-1).max() < 1e-6
     assert torch.equal(stacked.success, sequential.success)

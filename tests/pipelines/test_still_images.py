@@ -36,7 +36,7 @@ def test_batches_in_order_with_an_unreadable_file(model, folder, reference_dir):
     records = rows(reference_dir / "openface_cpp/images_default.csv")[:3]
     files = image_files([folder])
     per_file = torch.cat([boxes(records[:1]), torch.zeros(1, 4), boxes(records[1:])])   # the broken file's box unused
-    fits = list(fit_image_files(model, files, per_file, batch=2))
+    fits = list(fit_image_files(model, files, per_file, batch=2, multi_view=False))          # the C++'s start
     assert [f.path.name for f in fits] == [p.name for p in files]
     broken = fits[1]
     assert broken.faces is None and broken.image is None and "b_broken.jpg: not a readable image file" in broken.error
@@ -59,7 +59,8 @@ def test_batches_close_at_the_pixel_budget(model, folder, reference_dir, monkeyp
         return fit(images, *args, **kwargs)
 
     monkeypatch.setattr(model, "fit", counted)
-    fits = list(fit_image_files(model, image_files([folder]), per_file, batch=16, max_pixels=2 * 640 * 400))
+    fits = list(fit_image_files(model, image_files([folder]), per_file, batch=16, max_pixels=2 * 640 * 400,
+                                multi_view=False))
     assert sizes == [2, 1]
     assert [f.faces is None for f in fits] == [False, True, False, False]
     cpp = landmarks(records).float()
@@ -103,3 +104,37 @@ def test_one_box_for_every_file_and_checked_shapes(model, media_dir, reference_d
         next(fit_image_files(model, files, torch.zeros(2, 4)))
     with pytest.raises(ValueError, match="batch: expected at least 1"):
         next(fit_image_files(model, files, batch=0))
+
+
+def fit_result(confidence: list[float]) -> torch_clnf.FitResult:
+    """Faces with the given validator confidences (and nothing else)."""
+    count = len(confidence)
+    zeros = torch.zeros
+    return torch_clnf.FitResult(zeros(count, 68, 2), zeros(count, 68, 3), zeros(count, 6), zeros(count, 6),
+                                zeros(count, 34), torch.tensor(confidence), torch.tensor(confidence) > 0.725,
+                                zeros(count), zeros(count, dtype=torch.long))
+
+
+def test_kept_faces_are_the_most_confident_in_the_order_found():
+    from torch_clnf.pipelines.still_images import kept_faces
+
+    faces = fit_result([0.9, 0.5, 0.95, 0.8, 0.9])
+    assert kept_faces(faces).tolist() == [0, 1, 2, 3, 4]
+    assert kept_faces(faces, max_faces=2).tolist() == [0, 2]
+    assert kept_faces(faces, max_faces=3).tolist() == [0, 2, 4]                 # the first found of equals
+    assert kept_faces(faces, min_confidence=0.8).tolist() == [0, 2, 3, 4]
+    assert kept_faces(faces, max_faces=2, min_confidence=0.92).tolist() == [2]
+    assert kept_faces(faces, min_confidence=0.99).tolist() == []
+    assert kept_faces(fit_result([]), max_faces=1).tolist() == []
+
+
+def test_an_image_keeps_its_most_confident_faces(model, media_dir):
+    """sample6, a grid of portraits: every face found is fitted and counted; three are kept."""
+    (every,) = fit_image_files(model, [media_dir / "sample6.jpg"])
+    (three,) = fit_image_files(model, [media_dir / "sample6.jpg"], max_faces=3)
+    assert every.found == three.found == len(every.faces) > 3 and every.face_ids.tolist() == list(range(every.found))
+    best = every.faces.confidence.argsort(descending=True, stable=True)[:3].sort().values
+    assert three.face_ids.tolist() == best.tolist() and len(three.faces) == 3
+    torch.testing.assert_close(three.faces.landmarks, every.faces.landmarks[best])
+    (none,) = fit_image_files(model, [media_dir / "sample6.jpg"], min_confidence=1.01)
+    assert none.found == every.found and len(none.faces) == 0 and none.face_ids.tolist() == []

@@ -25,7 +25,8 @@ PART_DEFAULTS = {
     "brow": PartConfig((11, 9), reg_factor=10.0, sigma=3.5),
 }
 
-# Head rotations (pitch, yaw, roll; radians) tried when a face is first found in a video.
+# Head rotations (pitch, yaw, roll; radians) a multi-view fit starts from: still images by default,
+# and a face first found in a video.
 ROTATION_HYPOTHESES = ((0, 0, 0), (0, -0.5236, 0), (0, 0.5236, 0), (0, -0.96, 0), (0, 0.96, 0), (0, 0, 0.5236),
                        (0, 0, -0.5236), (0, -1.57, 0), (0, 1.57, 0), (0, -1.22, 0.698), (0, 1.22, -0.698))
 
@@ -58,6 +59,10 @@ class FitConfig:
         sparse: evaluate CEN experts at every second window position (OpenFace's speed-up).
         validate: score every fit with the detection validator (when the model has one).
         validation_boundary: a fit succeeds when the validator's certainty is above this.
+        hypotheses_completed: a multi-view fit without an early-termination file (CLNF) fits every
+            head-rotation hypothesis at the first scale and completes this many, the most likely
+            there, keeping the most likely completed fit (:func:`~torch_clnf.fitting.fit_hypotheses`);
+            ``len(ROTATION_HYPOTHESES)`` (11): OpenFace's basic search, every hypothesis completed.
         parts: per part name, how to refit it.
     """
 
@@ -78,6 +83,7 @@ class FitConfig:
     sparse: bool = True
     validate: bool = True
     validation_boundary: float = 0.725
+    hypotheses_completed: int = 1
     parts: dict[str, PartConfig] = field(default_factory=lambda: dict(PART_DEFAULTS))
 
     def for_ceclm(self) -> "FitConfig":

@@ -37,7 +37,8 @@ class TrackingConfig:
             (0: never); before any face was found, every ``6 ·`` this many frames.
         max_failures: after more failed frames in a row, tracking is reset (the next detection
             starts afresh, as on the first frame).
-        multi_view: fit a new detection from 11 head-rotation hypotheses (OpenFace's choice).
+        multi_view: fit a new detection (the first frame of a track, or a re-detection) from the 11
+            head-rotation hypotheses (:meth:`LandmarkModel.fit`); False: from rotation 0 alone.
         fit_every: fit a tracked face on every Nth frame only; the frames in between are marked
             ``skipped`` (``track_videos`` blends their landmarks between the fits around them).
             A face whose last fit failed is fitted on every frame.
@@ -281,7 +282,8 @@ class Tracker:
 
     def _start_tracks(self, batch: ImageBatch, detections: dict[int, list[torch.Tensor]],
                       image_of: dict[int, int]) -> set[tuple[int, int]]:
-        """Free slots take the new faces: a fit from the box (one hypothesis, the full windows)."""
+        """Free slots take the new faces: a fit from the box (``multi_view``: from the 11 head-rotation
+        hypotheses; the full windows)."""
         starts: list[tuple[int, int, torch.Tensor]] = []
         for s, boxes in detections.items():
             free = [k for k, t in enumerate(self.tracks[s]) if not t.initialised]
@@ -289,7 +291,8 @@ class Tracker:
         if not starts:
             return set()
         boxes = torch.stack([box for _, _, box in starts]).to(self.model.device, self.model.dtype)
-        fitted = self.model.fit(batch, boxes, image_index=[image_of[s] for s, _, _ in starts])
+        fitted = self.model.fit(batch, boxes, image_index=[image_of[s] for s, _, _ in starts],
+                                multi_view=self.config.multi_view)
         for j, (s, k, _) in enumerate(starts):
             success = bool(fitted.success[j])
             self.tracks[s][k] = FaceTrack(True, success, -1 if success else 0, _one(fitted, j), self._new_face_id(s))
