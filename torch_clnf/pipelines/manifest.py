@@ -26,7 +26,7 @@ from typing import Any, Mapping, Sequence
 MANIFEST = "torch_clnf_runs.jsonl"
 PART_END = ".part"       # a CSV being written: ``NAME.csv.part``
 # FitConfig fields that change how fast, not what, is computed
-_SPEED_ONLY = ("compile",)
+_SPEED_ONLY = ("compile", "capture")
 
 
 def run_options(model: str, fit: Any, dtype: Any, tracking: Any, draw: bool) -> dict[str, Any]:
