@@ -345,14 +345,8 @@ def track_videos(sources: Sequence[str | Path], model: LandmarkModel, out_dir: s
         run_jobs(jobs, model, streams, tracking, draw, progress, stop, finished, released.__getitem__,
                  pump=lambda: [assembly.pump() for assembly in assemblies.values()])
     finally:
-        stopped = stop is not None and stop.is_set()
-        for video, assembly in assemblies.items():
-            summary = summaries[video] = VideoSummary.assembled(pending[video], assembly.close(stopped))
-            if stopped:
-                summary.problems.append(INTERRUPTED.format(frames=summary.frames))
-            summary.record_in(run.manifest, outputs[video])
-    return run.summaries([summaries.get(k, VideoSummary(pending[k], problems=["interrupted before it started"]))
-                          for k in range(len(pending))])
+        run.close_assemblies(assemblies, summaries, pending, outputs, stop is not None and stop.is_set())
+    return run.every_summary(summaries, pending)
 
 
 INTERRUPTED = "interrupted after {frames} frames (their rows are in its .csv.part; the next run tracks it again)"
@@ -376,6 +370,22 @@ class Resumed:
     manifest: RunManifest
     todo: list[int]
     skipped: dict[int, VideoSummary]
+
+    def close_assemblies(self, assemblies: dict[int, VideoAssembly], summaries: dict[int, VideoSummary],
+                         pending: Sequence[Path], outputs: Sequence[Path], stopped: bool) -> None:
+        """Close the segmented videos' assemblies (``stopped``: the run was asked to stop), put their
+        summaries in ``summaries`` (by the number among ``pending``) and record them."""
+        for video, assembly in assemblies.items():
+            summary = summaries[video] = VideoSummary.assembled(pending[video], assembly.close(stopped))
+            if stopped:
+                summary.problems.append(INTERRUPTED.format(frames=summary.frames))
+            summary.record_in(self.manifest, outputs[video])
+
+    def every_summary(self, summaries: dict[int, VideoSummary], pending: Sequence[Path]) -> list[VideoSummary]:
+        """:meth:`summaries` of the ``pending`` videos tracked (by number), a video never started
+        said to be so."""
+        return self.summaries([summaries.get(k, VideoSummary(pending[k], problems=["interrupted before it started"]))
+                               for k in range(len(pending))])
 
     def summaries(self, tracked: Sequence[VideoSummary]) -> list[VideoSummary]:
         """Every source's summary in the order given, from those of the tracked ones (in ``todo``'s order)."""

@@ -32,7 +32,7 @@ from .tracker import TrackingConfig
 from .assembly import VideoAssembly
 from .outputs import output_stems
 from .segments import WARMUP
-from .videos import (INTERRUPTED, Event, Job, VideoSummary, output_ends, plan_jobs, progress_bar, resume,
+from .videos import (Event, Job, VideoSummary, output_ends, plan_jobs, progress_bar, resume,
                      run_jobs)
 
 
@@ -166,16 +166,10 @@ def track_videos_in_processes(sources: Sequence[str | Path], load: Callable[[], 
     finally:
         for process in processes:
             process.join(timeout=5)
-        stopped = stop is not None and stop.is_set()
-        for video, assembly in assemblies.items():
-            summary = summaries[video] = VideoSummary.assembled(pending[video], assembly.close(stopped))
-            if stopped:
-                summary.problems.append(INTERRUPTED.format(frames=summary.frames))
-            summary.record_in(run.manifest, outputs[video])
+        run.close_assemblies(assemblies, summaries, pending, outputs, stop is not None and stop.is_set())
         if bar is not None:
             bar.close()
-    return run.summaries([summaries.get(k, VideoSummary(pending[k], problems=["interrupted before it started"]))
-                          for k in range(len(pending))])
+    return run.every_summary(summaries, pending)
 
 
 def model_facts(load: Callable[..., LandmarkModel]) -> tuple[int, int, tuple[str, FitConfig, Any]]:
