@@ -270,31 +270,11 @@ def diagonal(values: torch.Tensor) -> torch.Tensor:
 CHECK_EVERY = 8      # CalcParams steps between reads of the stop flags (GPUs, compiled graphs)
 
 
-def regularised_step(jacobian: torch.Tensor, weights: torch.Tensor, residual: torch.Tensor, regulariser: torch.Tensor,
-                     prior_local: torch.Tensor | None = None,
-                     params_local: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One regularised Gauss-Newton step of the PDM params, as NU-RLMS and CalcParams take it:
-    ``(JᵀWJ + Λ)⁻¹ (JᵀW r − Λ p)``, Λ the prior (0 on the global params).
-
-    Args:
-        jacobian: (B, n, 2, k); weights: (B, 2n, 1) per coordinate; residual: (B, n, 2) pixels.
-        regulariser: Λ, (k, k) or (B, k, k).
-        prior_local, params_local: −Λ of the local params, (1, m) or (B, 1, m), and the (B, m)
-            local params; None for a rigid step (no prior term).
-    Returns:
-        step: (B, k); solved: (B,) bool, where the system was positive definite and the step finite.
-    """
-    batch, k = jacobian.shape[0], jacobian.shape[-1]
-    prior = None
-    if prior_local is not None:
-        prior = torch.cat([params_local.new_zeros(batch, 1, 6), prior_local * params_local.unsqueeze(1)], -1)
-    step, solved = gauss_newton_step(jacobian.flatten(1, 2), weights, residual.reshape(batch, 1, -1), regulariser, prior)
-    return step.view(batch, k), solved.view(batch)
-
-
 def gauss_newton_step(jacobian: torch.Tensor, weights: torch.Tensor, residual: torch.Tensor, regulariser: torch.Tensor,
                       prior: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`regularised_step` in the layouts the fitting loops carry (few operations a step).
+    """One regularised Gauss-Newton step of the PDM params, as NU-RLMS and CalcParams take it:
+    ``(JᵀWJ + Λ)⁻¹ (JᵀW r − Λ p)``, Λ the prior (0 on the global params), in the layouts the
+    fitting loops carry (few operations a step).
 
     Args:
         jacobian: (B, 2n, k), rows x₀, y₀, x₁, …; weights: (B, 2n, 1); residual: (B, 1, 2n), a row.
