@@ -1,5 +1,6 @@
 """CCNFExperts against a per-landmark NumPy float64 reference written from the definition."""
 import csv
+import dataclasses
 
 import cv2
 import numpy as np
@@ -108,6 +109,28 @@ def test_batch_equals_one_at_a_time_and_subsets(data):
     part = experts(areas[:, subset], view, landmarks=subset)
     torch.testing.assert_close(part.maps, batch.maps[:, subset])
     torch.testing.assert_close(part.visible, batch.visible[:, subset])
+
+
+def test_mirrored_views_are_computed_as_their_mirror(data):
+    """OpenFace's views of opposite yaw hold the same experts mirrored (to float64 rounding of the
+    filters' scaling, 2e-14): a batch holding both views of a pair computes the negative-yaw faces
+    on flipped areas in the other view, one convolution and Σ product fewer per pair. Each face's
+    maps equal those computed alone, in its own view (float64 to 1e-12, float32 to 1e-6 of the
+    maps' range: rounding of the other summation order)."""
+    from torch_clnf.models.ccnf import MIRROR_68, mirrored_views
+
+    assert mirrored_views(data) == [0, 6, 5, 4, 4, 5, 6]
+    view = torch.tensor([0, 1, 6, 2, 5, 3, 4, 4])
+    for dtype, tolerance in ((torch.float64, 1e-12), (torch.float32, 1e-6)):
+        experts = CCNFExperts(data, dtype)
+        areas = torch.rand(8, 68, 21, 21, dtype=dtype, generator=torch.Generator().manual_seed(2)) * 255
+        batch = experts(areas, view)
+        alone = torch.cat([experts(areas[b:b + 1], view[b:b + 1]).maps for b in range(8)])
+        assert (batch.maps - alone).abs().max() <= tolerance * alone.abs().max()
+        assert torch.equal(batch.visible, experts.visible[view])
+    broken = dataclasses.replace(data, bias=data.bias.clone())
+    broken.bias[6, MIRROR_68[3], 0] += 1.0              # view 6 no longer view 1 mirrored: both computed as themselves
+    assert mirrored_views(broken) == [0, 1, 5, 4, 4, 5, 6]
 
 
 def test_bad_inputs(data):

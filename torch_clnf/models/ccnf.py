@@ -5,11 +5,47 @@ import torch
 from torch import nn
 
 from ..openface import CCNFPatchExperts
+from .sync import static_graph, syncs_cheaply
 from .windows import (PatchResponse, check_inputs, correlation, normalise, per_view, response_window,
                       window_statistics, zero_mean)
 
 # OpenFace skips neurons whose alpha is this small.
 MIN_ALPHA = 1e-4
+# each of the 68 landmarks' left/right counterpart (jaw, brows, nose, eyes, mouth)
+MIRROR_68 = (tuple(range(16, -1, -1)) + tuple(range(26, 16, -1)) + (27, 28, 29, 30, 35, 34, 33, 32, 31)
+             + (45, 44, 43, 42, 47, 46, 39, 38, 37, 36, 41, 40) + (54, 53, 52, 51, 50, 49, 48, 59, 58, 57, 56, 55)
+             + (64, 63, 62, 61, 60, 67, 66, 65))
+
+
+# relative difference of two views' filters (as scaled by their norm weights) that counts as the
+# same: OpenFace's mirrored views differ by float64 rounding of those products (2e-14)
+MIRROR_TOLERANCE = 1e-12
+
+
+def mirrored_views(data: CCNFPatchExperts) -> list[int]:
+    """Per view, the view whose experts are its own mirrored (its filters flipped left to right on
+    the counterpart landmarks, to float64 rounding; the same biases, alphas, betas and visibility,
+    so Σ the same too, its components being symmetric under the flip), or the view itself.
+    OpenFace's 68-point CCNF files hold views of opposite yaw so; other files get no pairs."""
+    views, points = data.alpha.shape[:2]
+    pairs = list(range(views))
+    if points != len(MIRROR_68):
+        return pairs
+    mirror = list(MIRROR_68)
+    for win, comps in data.sigma_components.items():
+        flip = torch.arange(win * win).view(win, win).flip(-1).flatten()
+        if not torch.equal(comps[:, flip][:, :, flip], comps):
+            return pairs
+    scaled = data.weights * data.norm_weights[..., None, None]          # the filters as applied
+    tables = (data.bias, data.alpha, data.betas, data.visibility, data.num_neurons)
+    for a in range(views):
+        for b in range(views):
+            if a != b and pairs[a] == a and pairs[b] == b \
+                    and bool(((scaled[a] - scaled[b][mirror].flip(-1)).abs() <= MIRROR_TOLERANCE * scaled.abs().max()).all()) \
+                    and all(torch.equal(t[a], t[b][mirror]) for t in tables):
+                pairs[a] = b                                  # computed as its mirror view, b computed as itself
+                break
+    return pairs
 
 
 class CCNFExperts(nn.Module):
@@ -54,6 +90,10 @@ class CCNFExperts(nn.Module):
         self.register_buffer("confidence", data.confidence.to(dtype))               # (V, L)
         self.register_buffer("view_centers", data.view_centers.to(dtype))           # (V, 3)
         self.window_sizes = list(data.window_sizes)
+        pairs = mirrored_views(data)
+        self.register_buffer("computed_as", torch.tensor(pairs), persistent=False)                 # (V,)
+        self.register_buffer("flipped", torch.tensor([v != w for v, w in enumerate(pairs)]), persistent=False)
+        self.register_buffer("mirror", torch.tensor(MIRROR_68 if any(self.flipped) else ()), persistent=False)
         for win, comps in data.sigma_components.items():
             self.register_buffer(f"sigma_components_{win}", comps.to(dtype))       # (K, win², win²)
         self._sigmas: dict[tuple, torch.Tensor] = {}
@@ -147,5 +187,28 @@ class CCNFExperts(nn.Module):
             visible = self.visible[views] if landmarks is None else self.visible[views][:, index]
             return maps * visible[..., None].to(maps.dtype)
 
-        maps = per_view(view, areas, (areas.shape[0], len(index), win * win), compute, compute_per_face)
+        flip = self._mirrored(view, landmarks)
+        if flip is not None:        # faces in mirrored views: their areas flipped, computed in one view
+            flip = flip.view(-1, 1, 1, 1)
+            areas = torch.where(flip, areas[:, self.mirror].flip(-1), areas)
+            maps = per_view(self.computed_as[view], areas, (areas.shape[0], len(index), win * win), compute,
+                            compute_per_face).view(areas.shape[0], len(index), win, win)
+            maps = torch.where(flip, maps[:, self.mirror].flip(-1), maps)
+        else:
+            maps = per_view(view, areas, (areas.shape[0], len(index), win * win), compute, compute_per_face)
         return PatchResponse(maps.reshape(areas.shape[0], len(index), win, win), self.visible[view][:, chosen])
+
+    def _mirrored(self, view: torch.Tensor, landmarks: torch.Tensor | None) -> torch.Tensor | None:
+        """(B,) bool, the faces to compute in their view's mirror view (:func:`mirrored_views`), where
+        that leaves fewer views to compute (each costs a convolution and a Σ product of its own);
+        None where it would not (one view, or no mirrored pair both present), for a subset of
+        landmarks, and in a static graph."""
+        if not len(self.mirror) or landmarks is not None or static_graph() or not syncs_cheaply(view):
+            return None
+        present = torch.zeros(2, self.num_views, dtype=torch.bool, device=view.device)
+        present[0, view] = True
+        present[1, self.computed_as[view]] = True
+        views, computed = present.sum(1).tolist()                     # views present, and views computed
+        if computed >= views:
+            return None
+        return self.flipped[view]
