@@ -11,12 +11,16 @@ from tolerances import FLOAT32_SPREAD_FULL_FIT
 
 ANGLES = (30, -30, 45, -45)                 # degrees, counter-clockwise
 # a turned face's landmarks against the upright fit turned likewise, median px: the image
-# resampled and a detector box of another shape give another start, so not the same fit
+# resampled and a detector box of another shape give another start, so not the same fit (fitted
+# from the upright fit's own landmarks, the turned images give 0.1-1.6 px, sample6 4.5)
 TURNED_MEDIAN = 2.0
-# (image, angle) where the default reaches the upright fit (measured: 0.2-1.96 px median); on
-# the others it passes the validator 2-85 px away (docs/accuracy.md)
-CLOSE = {("sample1.jpg", -30), ("sample2.jpg", 30), ("sample2.jpg", 45), ("sample3.jpg", -30), ("sample3.jpg", -45),
-         ("sample6.jpg", 30), ("sample6.jpg", 45)}
+ROUGH_MEDIAN = 4.0
+# measured with the detector-points start (docs/accuracy.md): within TURNED_MEDIAN on 13 of the 19
+# turned faces MTCNN finds (0.1-1.7 px), 2.4-3.8 px on four; on sample5 turned 30° and 45° (a
+# child's face rolled 16° already, tongue out) ONet's points and the box both miss, and the fit
+# that passes the validator is 7 and 30 px away
+ROUGH = {("sample2.jpg", -45), ("sample5.jpg", -30), ("sample5.jpg", -45), ("sample6.jpg", -45)}
+MISSED = {("sample5.jpg", 30), ("sample5.jpg", 45)}
 UNDETECTED = {("sample1.jpg", 45)} | {("sample4.jpg", angle) for angle in ANGLES}
 
 
@@ -67,10 +71,11 @@ def test_frontal_faces_give_the_single_start_landmarks(model, samples):
 @pytest.mark.parametrize("angle", ANGLES)
 def test_turned_faces_are_fitted(model, samples, upright, angle):
     """Each sample image turned in the plane and fitted as a user would (detection, then the
-    default fit): every face MTCNN finds there (it finds none in turned sample4 nor in sample1
-    turned 45°) passes the validator, where the single start from the same box fails on 9 of
-    19. Where the turned face reaches the upright fit (CLOSE), its landmarks are within
-    TURNED_MEDIAN of the upright ones turned likewise."""
+    default fit, which adds a start from the detector's five points to OpenFace's 11): every face
+    MTCNN finds there (it finds none in turned sample4 nor in sample1 turned 45°) passes the
+    validator, where the single start from the same box fails on 9 of 19; its landmarks are
+    within TURNED_MEDIAN of the upright ones turned likewise, ROUGH_MEDIAN on four (ROUGH), and
+    two are missed (MISSED)."""
     images, records = samples
     for image, record, before in zip(images, records, upright):
         turned, turn = rotated(image, angle)
@@ -81,8 +86,10 @@ def test_turned_faces_are_fitted(model, samples, upright, angle):
             continue
         face = found[nearest(found.landmarks, expected)]
         assert bool(face.success[0]), (record["file_or_frame"], angle, float(face.confidence[0]))
-        if (record["file_or_frame"], angle) in CLOSE:
-            assert (face.landmarks[0] - expected).norm(dim=-1).median() <= TURNED_MEDIAN
+        case = (record["file_or_frame"], angle)
+        if case not in MISSED:
+            median = (face.landmarks[0] - expected).norm(dim=-1).median()
+            assert median <= (ROUGH_MEDIAN if case in ROUGH else TURNED_MEDIAN), (case, float(median))
 
 
 @pytest.mark.parity

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .devices import checked_device
-from .fitting import ROTATION_HYPOTHESES, FitConfig, FitState, ModelFitter, fit_hypotheses
+from .fitting import ROTATION_HYPOTHESES, FitConfig, FitState, ModelFitter, fit_hypotheses, start_from_points
 from .fitting.sampling import MARGIN
 from .images import ImageBatch, ImageLike, as_array, prepare_images
 from .memory import keep_freed_memory
@@ -192,7 +192,8 @@ class LandmarkModel(nn.Module):
 
     @torch.inference_mode()
     def fit(self, images: Images, boxes: torch.Tensor | Sequence[Sequence[float]] | None = None,
-            image_index: torch.Tensor | Sequence[int] | None = None, multi_view: bool = True) -> FitResult:
+            image_index: torch.Tensor | Sequence[int] | None = None, multi_view: bool = True,
+            points: torch.Tensor | None = None) -> FitResult:
         """Fit faces from boxes, as OpenFace's ``DetectLandmarksInImage``.
 
         Args:
@@ -205,8 +206,13 @@ class LandmarkModel(nn.Module):
                 hypothesis at the first scale, the most likely there (the frontal one where
                 nearly as likely) completed, the next where the validator rejects it
                 (:func:`~torch_clnf.fitting.fit_hypotheses`; CE-CLM: OpenFace's early
-                termination); 1.4–1.7 times a single start for one face. False: OpenFace's default single
+                termination); 1.5–1.6 times a single start for one face. False: OpenFace's default single
                 start (rotation 0), the mode whose landmarks the tests check against OpenFace's C++.
+            points: (B, 5, 2) the detector's five facial points of each box (pixels,
+                :attr:`Detections.points <torch_clnf.detect.Detections.points>`), or None; with
+                ``multi_view``, one more hypothesis starts from them (:func:`~torch_clnf.fitting.start_from_points`:
+                roll, scale and position of a face turned in the plane). Faces found by the detector
+                (``boxes`` None) use theirs.
         """
         batch = self.prepare(images)
         given = boxes is not None
@@ -216,6 +222,7 @@ class LandmarkModel(nn.Module):
             if not image_index:
                 return self._empty(batch)
             boxes = torch.cat([d.boxes for d in found])
+            points = torch.cat([d.points for d in found]) if all(d.points is not None for d in found) else None
         grey = batch.padded
         boxes = torch.as_tensor(boxes, dtype=self.dtype, device=self.device)
         if boxes.shape[-1:] != (4,) or boxes.dim() > 2:
@@ -239,9 +246,15 @@ class LandmarkModel(nn.Module):
         count, h = boxes.shape[0], hypotheses.shape[0]
         with self._threads(faces=count):                 # threads as for the faces' own fits
             g = fitter.pdm.params_from_box(boxes.repeat_interleave(h, 0), hypotheses.repeat(count, 1)).view(count, h, 6)
+            if points is not None and fitter.pdm.num_points == 68:
+                points = torch.as_tensor(points, dtype=self.dtype, device=self.device).reshape(count, 5, 2)
+                detected = start_from_points(fitter.pdm, points)                           # (B, 6)
+                usable = torch.isfinite(detected).all(1, keepdim=True) & (detected[:, :1] > 0)
+                g = torch.cat([g, torch.where(usable, detected, g[:, 0])[:, None]], 1)    # else the frontal start again
             validated = self.validator is not None and self.config.validate
             state = fit_hypotheses(fitter, grey, index, g, self.config.window_sizes, self.early_termination,
-                                   (lambda fits, where: self._certainty(fits, batch, where)[1]) if validated else None)
+                                   (lambda fits, where: self._certainty(fits, batch, where)[1]) if validated else None,
+                                   detector_start=g.shape[1] > h)
             return self._result(state, batch, index)
 
     @torch.inference_mode()

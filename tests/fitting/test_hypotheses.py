@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import torch
 
-from torch_clnf.fitting import FitConfig, FitState, fit_hypotheses
+from torch_clnf.fitting import FitConfig, FitState, fit_hypotheses, start_from_points
 from torch_clnf.openface import EarlyTermination
 
 
@@ -40,12 +40,12 @@ def hypotheses(*pitches: float) -> torch.Tensor:
 
 
 def search(g: torch.Tensor, cutoffs: list[float] | None, completed: int = 1,
-           window_sizes: tuple[int, ...] = (11, 9, 7), accept=None) -> tuple[FitState, ScriptedFitter]:
+           window_sizes: tuple[int, ...] = (11, 9, 7), accept=None, detector_start: bool = False) -> tuple[FitState, ScriptedFitter]:
     fitter = ScriptedFitter()
     fitter.config = FitConfig(refine_hierarchical=False, hypotheses_completed=completed)
     early = None if cutoffs is None else EarlyTermination(torch.ones(2), torch.zeros(2), torch.tensor(cutoffs))
     state = fit_hypotheses(fitter, torch.zeros(1, 8, 8), torch.zeros(len(g), dtype=torch.long), g, window_sizes, early,
-                           accept)
+                           accept, detector_start)
     return state, fitter
 
 
@@ -53,6 +53,19 @@ def test_the_frontal_hypothesis_is_completed_where_nearly_as_likely_as_the_best(
     _, fitter = search(hypotheses(4.6, 5, 3), None)
     assert fitter.calls[1][1].tolist() == [4.6]                              # within FRONTAL_MARGIN (0.5) of 5
     _, fitter = search(hypotheses(4.4, 5, 3), None)
+    assert fitter.calls[1][1].tolist() == [5]
+
+
+def test_the_detectors_start_must_beat_the_frontal_one_by_more():
+    """The last hypothesis, the detector's start: the frontal one is completed where within
+    DETECTOR_MARGIN (1.0) of it (and FRONTAL_MARGIN of the box's best), the detector's where more."""
+    _, fitter = search(hypotheses(4.4, 4.8, 5.2), None, detector_start=True)
+    assert fitter.calls[1][1].tolist() == [4.4]
+    _, fitter = search(hypotheses(4.4, 4.8, 5.6), None, detector_start=True)
+    assert fitter.calls[1][1].tolist() == [5.6]
+    _, fitter = search(hypotheses(4.4, 4.8, 5.2), None)                         # without: the margin is 0.5
+    assert fitter.calls[1][1].tolist() == [5.2]
+    _, fitter = search(hypotheses(4.4, 5, 4), None, detector_start=True)        # a box hypothesis 0.6 better
     assert fitter.calls[1][1].tolist() == [5]
 
 
@@ -137,3 +150,21 @@ def test_faces_are_searched_independently():
     state, _ = search(g, [100.0, 2.5])          # face 0: 3 passes; face 1: none does, 6 is the most likely
     assert state.params_global[:, 1].tolist() == [3, 6]
     assert state.success.tolist() == [True, True]
+
+
+def test_the_detector_start_puts_the_mean_shapes_points_on_the_detectors(models_dir):
+    """start_from_points inverts a projection: a face of the mean shape, scaled, rolled 40° and
+    moved, gives back its scale, roll and position from its own five points (float64), and the
+    projection from the start puts the points where they were."""
+    from torch_clnf.fitting.hypotheses import DETECTOR_POINTS
+    from torch_clnf.models import PointDistributionModel
+    from torch_clnf.openface import read_pdm
+
+    pdm = PointDistributionModel(read_pdm(models_dir / "pdms/In-the-wild_aligned_PDM_68.txt"), torch.float64)
+    truth = torch.tensor([[2.5, 0.0, 0.0, 0.698, 320.0, 240.0], [0.8, 0.0, 0.0, -1.2, 90.0, 400.0]], dtype=torch.float64)
+    shape = pdm.project(truth)                                                     # (2, 68, 2)
+    points = torch.stack([shape[:, list(rows)].mean(1) for rows in DETECTOR_POINTS], 1)
+    start = start_from_points(pdm, points)
+    torch.testing.assert_close(start, truth, atol=1e-9, rtol=0)
+    noisy = points + torch.tensor([3.0, -2.0])                                     # the points moved together
+    torch.testing.assert_close(start_from_points(pdm, noisy)[:, 4:], truth[:, 4:] + torch.tensor([3.0, -2.0]))

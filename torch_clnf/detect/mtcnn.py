@@ -39,10 +39,14 @@ class Detections:
     Attributes:
         boxes: (N, 4) x, y, width, height pixels, corrected for CLNF initialisation, widest first.
         confidence: (N,) ONet's face probability.
+        points: (N, 5, 2) ONet's five facial points, pixels: the eyes (left and right in the
+            image), the nose tip, the mouth's corners (left and right); they follow a face turned
+            in the plane, which the upright boxes do not (see :func:`torch_clnf.fitting.start_from_points`).
     """
 
     boxes: torch.Tensor
     confidence: torch.Tensor
+    points: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.boxes.shape[0]
@@ -157,6 +161,15 @@ def apply_correction(boxes: np.ndarray, corrections: np.ndarray, add_one: bool) 
     return np.stack([low_x, low_y, high_x - low_x, high_y - low_y], 1).astype(np.float32)
 
 
+def five_points(boxes: np.ndarray, relative: np.ndarray) -> np.ndarray:
+    """ONet's facial points (K, 10), fractions of the crop (x₁ … x₅, y₁ … y₅), as (K, 5, 2) pixels of
+    the image: the crop spans the integer box grown by one pixel (:func:`crop_boxes`)."""
+    x, y, w, h = _int_rects(boxes).astype(np.float32).T
+    px = x[:, None] - 1 + relative[:, :5] * (w[:, None] + 1)
+    py = y[:, None] - 1 + relative[:, 5:] * (h[:, None] + 1)
+    return np.stack([px, py], -1).astype(np.float32)
+
+
 def rectify(boxes: np.ndarray) -> np.ndarray:
     """Boxes made square about their centre, truncated to integers as OpenFace does."""
     x, y, w, h = boxes.astype(np.float64).T
@@ -212,21 +225,25 @@ class MTCNN(nn.Module):
         """
         rgb = [self._as_rgb(image, k) for k, image in enumerate(images)]             # each (H, W, 3)
         boxes, scores, owner = self._propose(rgb)
+        points = np.zeros((0, 5, 2), np.float32)
         for size, network, threshold, last in ((24, self.rnet, self.thresholds[1], False),
                                                (48, self.onet, self.thresholds[2], True)):
             if not len(boxes):
                 break
-            boxes, scores, owner = self._refine(rgb, boxes, owner, size, network, threshold, last)
+            boxes, scores, owner, points = self._refine(rgb, boxes, owner, size, network, threshold, last)
+        if len(points) != len(boxes):
+            points = np.zeros((len(boxes), 5, 2), np.float32)
         out = []
         for k in range(len(rgb)):
             mine = owner == k
-            found, confidence = boxes[mine], scores[mine]
+            found, confidence, found_points = boxes[mine], scores[mine], points[mine]
             dx, dy, sw, sh = CLNF_CORRECTION
             x, y, w, h = found.T.astype(np.float64) if len(found) else np.zeros((4, 0))
             corrected = np.stack([w * dx + x, h * dy + y, sw * w, sh * h], 1).astype(np.float32)
             widest = np.argsort(-corrected[:, 2], kind="stable") if len(corrected) else np.zeros(0, np.int64)
             out.append(Detections(torch.from_numpy(corrected[widest].reshape(-1, 4)).to(self.device, self.dtype),
-                                  torch.from_numpy(confidence[widest].astype(np.float32)).to(self.device, self.dtype)))
+                                  torch.from_numpy(confidence[widest].astype(np.float32)).to(self.device, self.dtype),
+                                  torch.from_numpy(found_points[widest].reshape(-1, 5, 2)).to(self.device, self.dtype)))
         return out
 
     forward = detect
@@ -291,8 +308,9 @@ class MTCNN(nn.Module):
         return np.concatenate(all_boxes), np.concatenate(all_scores), np.concatenate(owners)
 
     def _refine(self, rgb: list[torch.Tensor], boxes: np.ndarray, owner: np.ndarray, size: int, network: CNN,
-                threshold: float, last: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """RNet or ONet on crops of every candidate of every image, then threshold and suppression."""
+                threshold: float, last: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """RNet or ONet on crops of every candidate of every image, then threshold and suppression;
+        the kept boxes, scores, owners and (ONet) five points per box, pixels ((0, 5, 2) for RNet)."""
         crops = torch.cat([crop_boxes(rgb[k], torch.from_numpy(boxes[owner == k]), size)
                            for k in np.unique(owner)])
         order = np.concatenate([np.flatnonzero(owner == k) for k in np.unique(owner)])
@@ -302,22 +320,28 @@ class MTCNN(nn.Module):
         scores = np.empty(len(boxes), np.float32)
         regress = np.empty((len(boxes), 4), np.float32)
         scores[order], regress[order] = scores_sorted, regress_sorted
-        kept_boxes, kept_scores, owners = [], [], []
+        if last:
+            relative = np.empty((len(boxes), 10), np.float32)
+            relative[order] = out[:, 6:16].float().cpu().numpy()
+        kept_boxes, kept_scores, owners, kept_points = [], [], [], []
         for k in np.unique(owner):
             mine = np.flatnonzero((owner == k) & (scores >= threshold))
             b, s, r = boxes[mine], scores[mine], regress[mine]
             if last:
+                p = five_points(b, relative[mine])
                 b = apply_correction(b, r, add_one=True)
                 keep = suppress(b, s, 0.7, minimum=True)
                 b = b[keep]
+                kept_points.append(p[keep])
             else:
                 keep = suppress(b, s, 0.7)
                 b = rectify(apply_correction(b[keep], r[keep], add_one=False))
             kept_boxes.append(b)
             kept_scores.append(s[keep])
             owners.append(np.full(len(keep), k))
+        points = np.concatenate(kept_points).reshape(-1, 5, 2) if last else np.zeros((0, 5, 2), np.float32)
         return (np.concatenate(kept_boxes).reshape(-1, 4), np.concatenate(kept_scores),
-                np.concatenate(owners).astype(np.int64))
+                np.concatenate(owners).astype(np.int64), points)
 
 
 def crop_boxes(image: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:

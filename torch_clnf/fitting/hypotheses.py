@@ -6,6 +6,7 @@ from typing import Callable
 
 import torch
 
+from ..models import PointDistributionModel
 from ..openface import EarlyTermination
 from .fitter import FitState, ModelFitter
 
@@ -15,11 +16,43 @@ COMPLETED = 3
 # likelihood (OpenFace's, after the first scale) by which another hypothesis must beat the frontal
 # one to be completed first (measured on the sample images and their turned copies: docs/accuracy.md)
 FRONTAL_MARGIN = 0.5
+# likelihood by which the detector's start (:func:`start_from_points`) must beat the frontal one to
+# be completed first: it fits a face a little rolled (sample2, 15°) a little apart from OpenFace's
+# single start, which such a face should keep (measured: docs/accuracy.md)
+DETECTOR_MARGIN = 1.0
+# the 68-point landmarks whose mean is each of MTCNN's five facial points: the eyes as they appear
+# left and right in the image, the nose tip, the mouth's left and right corners
+DETECTOR_POINTS = (tuple(range(36, 42)), tuple(range(42, 48)), (30,), (48,), (54,))
+
+
+def start_from_points(pdm: PointDistributionModel, points: torch.Tensor) -> torch.Tensor:
+    """Global params that put the mean shape's eyes, nose tip and mouth corners on a detector's five
+    facial points (least-squares similarity: scale, roll, translation; pitch and yaw 0): a start
+    that follows a face turned in the plane, which an upright box does not.
+
+    Args:
+        points: (B, 5, 2) pixels, in the order of :data:`DETECTOR_POINTS` (MTCNN's).
+    Returns:
+        (B, 6) global params.
+    """
+    mean = pdm.mean_shape[..., :2].to(points.dtype)
+    model = torch.stack([mean[..., list(rows), :].mean(-2) for rows in DETECTOR_POINTS], -2)   # ([B,] 5, 2)
+    source = model.mean(-2)                                          # ([B,] 2)
+    model, found = model - source[..., None, :], points - points.mean(-2, keepdim=True)
+    norm = model.square().sum((-2, -1))
+    cosine = (model * found).sum((-2, -1)) / norm                    # scale · cos(roll), scale · sin(roll)
+    sine = (model[..., 0] * found[..., 1] - model[..., 1] * found[..., 0]).sum(-1) / norm
+    scale, roll = torch.hypot(cosine, sine), torch.atan2(sine, cosine)
+    turned = torch.stack([cosine * source[..., 0] - sine * source[..., 1], sine * source[..., 0] + cosine * source[..., 1]], -1)
+    translation = points.mean(-2) - turned                           # (B, 2)
+    zero = torch.zeros_like(scale)
+    return torch.stack([scale, zero, zero, roll, translation[:, 0], translation[:, 1]], 1)
 
 
 def fit_hypotheses(fitter: ModelFitter, padded: torch.Tensor, image_index: torch.Tensor, params_global: torch.Tensor,
                    window_sizes: tuple[int, ...], early_termination: EarlyTermination | None = None,
-                   accept: Callable[[FitState, torch.Tensor], torch.Tensor] | None = None) -> FitState:
+                   accept: Callable[[FitState, torch.Tensor], torch.Tensor] | None = None,
+                   detector_start: bool = False) -> FitState:
     """One fit per face from H starting params each (the face's box at H head rotations).
 
     Every hypothesis is fitted at the first scale only (the first window size that is not 0),
@@ -27,7 +60,8 @@ def fit_hypotheses(fitter: ModelFitter, padded: torch.Tensor, image_index: torch
 
     - Without early termination (CLNF): the hypotheses are ranked by their likelihood after the
       first scale, except that the frontal one (OpenFace's single start) comes first where it is
-      within :data:`FRONTAL_MARGIN` of the best, and second otherwise (:func:`_ranking`); the
+      within :data:`FRONTAL_MARGIN` of the best (:data:`DETECTOR_MARGIN` of the detector's start),
+      and second otherwise (:func:`_ranking`); the
       first ``fitter.config.hypotheses_completed`` are completed (default 1) and the most likely
       completed fit kept. Where ``accept`` (the validator) rejects it, the next in the ranking is
       completed, up to :data:`COMPLETED` in all, and the first accepted kept (else the first).
@@ -45,6 +79,7 @@ def fit_hypotheses(fitter: ModelFitter, padded: torch.Tensor, image_index: torch
         early_termination: the model's per-view calibration (V,) of its first scale's views.
         accept: (fits of b faces, their (b,) image index) → (b,) bool, whether a completed fit is
             kept (CLNF only); None: the first completed is.
+        detector_start: the last of the H hypotheses is the detector's start (:func:`start_from_points`).
     Returns:
         FitState of B faces.
     """
@@ -56,7 +91,7 @@ def fit_hypotheses(fitter: ModelFitter, padded: torch.Tensor, image_index: torch
     first = fitter.fit(padded, index, flat, local, first_windows, parts=False)
     faces = torch.arange(count, device=flat.device)
     if early_termination is None:
-        order = _ranking(first.likelihood.view(count, h), first.success.view(count, h))          # (B, H)
+        order = _ranking(first.likelihood.view(count, h), first.success.view(count, h), detector_start)   # (B, H)
         usable = first.success.view(count, h).gather(1, order)
         k = max(1, min(fitter.config.hypotheses_completed, h))
         chosen = _complete(fitter, padded, image_index, first, order[:, :k] + faces[:, None] * h, usable[:, :k],
@@ -91,16 +126,20 @@ def fit_hypotheses(fitter: ModelFitter, padded: torch.Tensor, image_index: torch
     return _complete(fitter, padded, image_index, first, rows, use & first.success[rows], other_windows)
 
 
-def _ranking(likelihood: torch.Tensor, success: torch.Tensor) -> torch.Tensor:
+def _ranking(likelihood: torch.Tensor, success: torch.Tensor, detector_start: bool = False) -> torch.Tensor:
     """(B, H) the order in which each face's hypotheses are completed: the most likely after the
-    first scale, or the frontal one (0) where within :data:`FRONTAL_MARGIN` of it; then the frontal
-    one (OpenFace's single start), then the others, most likely first (the first of equals; the
-    failed last)."""
+    first scale, or the frontal one (0) where within :data:`FRONTAL_MARGIN` of the best of the box's
+    hypotheses (and, with ``detector_start``, the last hypothesis being the detector's start, within
+    :data:`DETECTOR_MARGIN` of that); then the frontal one (OpenFace's single start), then the
+    others, most likely first (the first of equals; the failed last)."""
     likelihood = torch.where(success, likelihood, -torch.inf)
     if likelihood.shape[1] == 1:
         return torch.zeros_like(likelihood, dtype=torch.long)
     others = likelihood[:, 1:].sort(dim=1, descending=True, stable=True).indices + 1          # (B, H - 1)
-    frontal = likelihood[:, 0] >= likelihood.amax(1) - FRONTAL_MARGIN
+    boxes = likelihood[:, :-1] if detector_start else likelihood
+    frontal = likelihood[:, 0] >= boxes.amax(1) - FRONTAL_MARGIN
+    if detector_start:
+        frontal = frontal & (likelihood[:, 0] >= likelihood[:, -1] - DETECTOR_MARGIN)
     zero = torch.zeros_like(others[:, 0])
     return torch.cat([torch.where(frontal, zero, others[:, 0])[:, None],
                       torch.where(frontal, others[:, 0], zero)[:, None], others[:, 1:]], 1)

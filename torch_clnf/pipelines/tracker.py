@@ -243,10 +243,11 @@ class Tracker:
             return set()
         found = self.model.detect([batch.originals[image_of[s]] for s in wanted])
         streams = [s for s, d in zip(wanted, found) if len(d.boxes)]
-        boxes = [d.boxes[0] for d in found if len(d.boxes)]             # the largest face, as OpenFace picks
+        chosen = [d for d in found if len(d.boxes)]                      # the largest face, as OpenFace picks
         if streams:
-            fitted = self.model.fit(batch, torch.stack(boxes).to(self.model.device, self.model.dtype),
-                                    image_index=[image_of[s] for s in streams], multi_view=self.config.multi_view)
+            fitted = self.model.fit(batch, torch.stack([d.boxes[0] for d in chosen]).to(self.model.device, self.model.dtype),
+                                    image_index=[image_of[s] for s in streams], multi_view=self.config.multi_view,
+                                    points=_points([_first_points(d) for d in chosen]))
         for j, s in enumerate(streams):
             track = self.tracks[s][0]
             initial = not track.initialised
@@ -265,38 +266,54 @@ class Tracker:
             track.since_fit = 0
         return {(s, 0) for s in wanted}
 
-    def _look_for_faces(self, batch: ImageBatch, present: list[int], image_of: dict[int, int]) -> dict[int, list[torch.Tensor]]:
-        """Several faces per stream: where a slot is free on a detection frame, the detected boxes
-        that overlap no tracked face (boxes of the previous frame's landmarks), largest first."""
+    def _look_for_faces(self, batch: ImageBatch, present: list[int],
+                        image_of: dict[int, int]) -> dict[int, list[tuple[torch.Tensor, torch.Tensor | None]]]:
+        """Several faces per stream: where a slot is free on a detection frame, the detected faces
+        (box, five points) whose boxes overlap no tracked face (boxes of the previous frame's
+        landmarks), largest first."""
         wanted = [s for s in present if self.frames_seen[s] % self.config.detect_every == 0
                   and not all(t.initialised for t in self.tracks[s])]
         if not wanted:
             return {}
         found = self.model.detect([batch.originals[image_of[s]] for s in wanted])
-        new: dict[int, list[torch.Tensor]] = {}
+        new: dict[int, list[tuple[torch.Tensor, torch.Tensor | None]]] = {}
         for s, detections in zip(wanted, found):
             tracked = [_landmark_box(t.result) for t in self.tracks[s] if t.initialised and t.result is not None]
-            new[s] = [box for box in detections.boxes.cpu()
+            points = getattr(detections, "points", None)
+            points = points.cpu() if points is not None else [None] * len(detections.boxes)
+            new[s] = [(box, point) for box, point in zip(detections.boxes.cpu(), points)
                       if all(_overlap(box, other) <= self.config.overlap for other in tracked)]
         return new
 
-    def _start_tracks(self, batch: ImageBatch, detections: dict[int, list[torch.Tensor]],
+    def _start_tracks(self, batch: ImageBatch, detections: dict[int, list[tuple[torch.Tensor, torch.Tensor | None]]],
                       image_of: dict[int, int]) -> set[tuple[int, int]]:
         """Free slots take the new faces: a fit from the box (``multi_view``: from the 11 head-rotation
         hypotheses; the full windows)."""
-        starts: list[tuple[int, int, torch.Tensor]] = []
-        for s, boxes in detections.items():
+        starts: list[tuple[int, int, tuple[torch.Tensor, torch.Tensor | None]]] = []
+        for s, found in detections.items():
             free = [k for k, t in enumerate(self.tracks[s]) if not t.initialised]
-            starts += [(s, k, box) for k, box in zip(free, boxes)]
+            starts += [(s, k, face) for k, face in zip(free, found)]
         if not starts:
             return set()
-        boxes = torch.stack([box for _, _, box in starts]).to(self.model.device, self.model.dtype)
+        boxes = torch.stack([box for _, _, (box, _) in starts]).to(self.model.device, self.model.dtype)
         fitted = self.model.fit(batch, boxes, image_index=[image_of[s] for s, _, _ in starts],
-                                multi_view=self.config.multi_view)
+                                multi_view=self.config.multi_view,
+                                points=_points([None if p is None else p[None] for _, _, (_, p) in starts]))
         for j, (s, k, _) in enumerate(starts):
             success = bool(fitted.success[j])
             self.tracks[s][k] = FaceTrack(True, success, -1 if success else 0, _one(fitted, j), self._new_face_id(s))
         return {(s, k) for s, k, _ in starts}
+
+
+def _first_points(detections) -> torch.Tensor | None:
+    """(1, 5, 2) the five points of an image's first (largest) face, or None where the detector gives none."""
+    points = getattr(detections, "points", None)
+    return None if points is None else points[:1]
+
+
+def _points(points: list[torch.Tensor | None]) -> torch.Tensor | None:
+    """The detector's (1, 5, 2) facial points of each new face stacked (B, 5, 2); None where any lacks them."""
+    return None if any(p is None for p in points) else torch.cat(points)
 
 
 def _landmark_box(result: FitResult) -> torch.Tensor:
