@@ -206,8 +206,9 @@ class LandmarkModel(nn.Module):
                 hypothesis at the first scale, the most likely there (the frontal one where
                 nearly as likely) completed, the next where the validator rejects it
                 (:func:`~torch_clnf.fitting.fit_hypotheses`; CE-CLM: OpenFace's early
-                termination); 1.5–1.6 times a single start for one face. False: OpenFace's default single
-                start (rotation 0), the mode whose landmarks the tests check against OpenFace's C++.
+                termination); 1.4 times a single start for one face with two free cores, 1.5 on
+                one thread. False: OpenFace's default single start (rotation 0), the mode whose
+                landmarks the tests check against OpenFace's C++.
             points: (B, 5, 2) the detector's five facial points of each box (pixels,
                 :attr:`Detections.points <torch_clnf.detect.Detections.points>`), or None; with
                 ``multi_view``, one more hypothesis starts from them (:func:`~torch_clnf.fitting.start_from_points`:
@@ -244,7 +245,9 @@ class LandmarkModel(nn.Module):
                 return self._result(state, batch, index)
         hypotheses = torch.tensor(ROTATION_HYPOTHESES, dtype=self.dtype, device=self.device)   # (H, 3)
         count, h = boxes.shape[0], hypotheses.shape[0]
-        with self._threads(faces=count):                 # threads as for the faces' own fits
+        # threads as for a batch of every face's hypotheses: their first scale is that batch, and its
+        # experts the largest share of a multi-view fit (one face: 12 hypotheses, two threads where free)
+        with self._threads(faces=count * (h + (points is not None))):
             g = fitter.pdm.params_from_box(boxes.repeat_interleave(h, 0), hypotheses.repeat(count, 1)).view(count, h, 6)
             if points is not None and fitter.pdm.num_points == 68:
                 points = torch.as_tensor(points, dtype=self.dtype, device=self.device).reshape(count, 5, 2)
