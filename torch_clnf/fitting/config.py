@@ -62,7 +62,8 @@ class FitConfig:
         hypotheses_completed: a multi-view fit without an early-termination file (CLNF) fits every
             head-rotation hypothesis at the first scale and completes this many, the most likely
             there, keeping the most likely completed fit (:func:`~torch_clnf.fitting.fit_hypotheses`);
-            ``len(ROTATION_HYPOTHESES)`` (11): OpenFace's basic search, every hypothesis completed.
+            as many as the hypotheses (11, 12 for a detected face with the detector's start) or
+            more: OpenFace's basic search, every hypothesis completed.
         parts: per part name, how to refit it.
     """
 
