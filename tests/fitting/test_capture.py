@@ -1,6 +1,8 @@
 """The captured fit's padding and buckets (FitConfig.capture): on a CPU the padded static fit runs
 uncompiled, which must give each face the normal fit's landmarks (float64: the static graph's
 Gauss-Jordan solves instead of Cholesky differ by rounding only)."""
+import warnings
+
 import cv2
 import numpy as np
 import pytest
@@ -41,3 +43,31 @@ def test_a_tracked_frame_through_the_captured_fit(models_dir, media_dir):
     expected, found = (model.track(frames[1:], model.fit(frames[:1])) for model in (normal, captured))
     assert found.success.all() and torch.equal(found.success, expected.success)
     assert (found.landmarks - expected.landmarks).norm(dim=-1).max() < 1e-6
+
+
+def test_shapes_are_compiled_on_their_second_fit_and_at_most_max_graphs(models_dir, media_dir, monkeypatch):
+    """As on a GPU (the compiler faked: it counts and returns the static fit): a shape's first fit runs
+    the normal fit, its second compiles the graph, which later fits replay; past MAX_GRAPHS shapes
+    the others run the normal fit, with one warning. Every fit gives the normal fit's landmarks."""
+    import torch_clnf.fitting.capture as capture
+
+    compiled = []
+    monkeypatch.setattr(capture.CapturedFit, "compiles", staticmethod(lambda device: True))
+    monkeypatch.setattr(capture.torch, "compile", lambda fn, **kw: compiled.append(kw) or fn)
+    monkeypatch.setattr(capture, "MAX_GRAPHS", 2)
+    normal, captured = (torch_clnf.load_model(models=models_dir, dtype=torch.float64, config=FitConfig(capture=c))
+                        for c in (False, True))
+    image = cv2.imread(str(media_dir / "sample1.jpg"))
+    box = torch.tensor([[110.0, 100.0, 170.0, 160.0]], dtype=torch.float64)
+    crops = [image, image[:-8], image[:-16]]                                      # three image shapes
+    expected = [normal.fit([im], box, multi_view=False).landmarks for im in crops]
+    for rounds in (1, 2, 3):                                     # each shape fitted once per round
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            found = [captured.fit([im], box, multi_view=False).landmarks for im in crops]
+        full = [w for w in caught if "run uncaptured" in str(w.message)]
+        assert len(full) == (1 if rounds == 2 else 0)             # the third shape's second fit: once
+        assert len(compiled) == (0 if rounds == 1 else 2) and all(kw["mode"] == "reduce-overhead" for kw in compiled)
+        for a, b in zip(found, expected):
+            assert (a - b).norm(dim=-1).max() < 1e-6
+    assert len(captured.fitter._captured._graphs) == 2

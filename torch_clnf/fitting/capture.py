@@ -24,6 +24,11 @@ from ..models.sync import fixed_iterations
 if TYPE_CHECKING:
     from .fitter import ModelFitter
 
+# a shape (bucket, image batch, windows) is compiled on this fit of it, not before
+COMPILE_AFTER = 2
+# compiled graphs kept per model (each holds its CUDA graph's memory); further shapes run uncaptured
+MAX_GRAPHS = 16
+
 
 class MainFit(NamedTuple):
     """What the scales of a fit leave (all (B, ...)): the params, success, likelihood and view."""
@@ -51,7 +56,9 @@ class CapturedFit:
     def __init__(self, fitter: "ModelFitter") -> None:
         self.fitter = fitter
         self._graphs: dict[tuple, tuple[Callable[..., MainFit], Callable | None]] = {}
+        self._uses: dict[tuple, int] = {}
         self._broken = False
+        self._full = False
 
     def __call__(self, padded: torch.Tensor, image_index: torch.Tensor, params_global: torch.Tensor,
                  params_local: torch.Tensor, window_sizes: tuple[int, ...], active: torch.Tensor | None = None) -> MainFit:
@@ -72,9 +79,10 @@ class CapturedFit:
             params_local = torch.cat([params_local, params_local[:1].expand(extra, -1)])
             active = torch.cat([active, active.new_zeros(extra)])
         key = (size, tuple(padded.shape), padded.device, padded.dtype, tuple(window_sizes))
-        if key not in self._graphs:
-            self._graphs[key] = self._make(window_sizes, padded.device)
-        static_fit, compiled = self._graphs[key]
+        static_fit, compiled = self._graph(key, window_sizes, padded.device)
+        if static_fit is None:                            # not (yet) worth a graph: the normal fit
+            return MainFit(*self.fitter.main_fit(padded, image_index[:batch], params_global[:batch],
+                                                 params_local[:batch], window_sizes, active[:batch]))
         inputs = (padded, image_index, params_global, params_local, active)
         out = None
         if compiled is not None and not self._broken:
@@ -88,8 +96,36 @@ class CapturedFit:
             out = static_fit(*inputs)
         return MainFit(*(value[:batch].clone() for value in out))        # (a replay overwrites its outputs)
 
-    def _make(self, window_sizes: tuple[int, ...], device: torch.device) -> tuple[Callable[..., MainFit], Callable | None]:
-        """The static fit at these windows, and its compiled form on CUDA (None elsewhere)."""
+    def _graph(self, key: tuple, window_sizes: tuple[int, ...],
+               device: torch.device) -> tuple[Callable[..., MainFit] | None, Callable | None]:
+        """The static fit and its compiled form for a shape; (None, None) where the normal fit runs
+        instead (a shape seen fewer than :data:`COMPILE_AFTER` times, or beyond :data:`MAX_GRAPHS`).
+        Where nothing compiles (the CPU) the padded static fit runs uncompiled, as the tests check."""
+        if key in self._graphs:
+            return self._graphs[key]
+        if not self.compiles(device):
+            self._graphs[key] = self._make(window_sizes, device, compile_it=False)
+            return self._graphs[key]
+        self._uses[key] = self._uses.get(key, 0) + 1
+        if self._uses[key] < COMPILE_AFTER:
+            return None, None
+        if len(self._graphs) >= MAX_GRAPHS:
+            if not self._full:
+                self._full = True
+                warnings.warn(f"captured fits: {MAX_GRAPHS} batch and image shapes are captured already; fits of "
+                              "other shapes run uncaptured", RuntimeWarning, stacklevel=3)
+            return None, None
+        self._graphs[key] = self._make(window_sizes, device, compile_it=True)
+        return self._graphs[key]
+
+    @staticmethod
+    def compiles(device: torch.device) -> bool:
+        """Whether fits on ``device`` are compiled and captured (CUDA)."""
+        return device.type == "cuda"
+
+    def _make(self, window_sizes: tuple[int, ...], device: torch.device,
+              compile_it: bool) -> tuple[Callable[..., MainFit], Callable | None]:
+        """The static fit at these windows, and with ``compile_it`` its compiled form (else None)."""
         fitter = self.fitter
 
         def static_fit(padded: torch.Tensor, image_index: torch.Tensor, params_global: torch.Tensor,
@@ -97,5 +133,5 @@ class CapturedFit:
             with fixed_iterations():
                 return MainFit(*fitter.main_fit(padded, image_index, params_global, params_local, window_sizes, active))
 
-        compiled = torch.compile(static_fit, mode="reduce-overhead", dynamic=False) if device.type == "cuda" else None
+        compiled = torch.compile(static_fit, mode="reduce-overhead", dynamic=False) if compile_it else None
         return static_fit, compiled
