@@ -93,7 +93,8 @@ class CCNFExperts(nn.Module):
         pairs = mirrored_views(data)
         self.register_buffer("computed_as", torch.tensor(pairs), persistent=False)                 # (V,)
         self.register_buffer("flipped", torch.tensor([v != w for v, w in enumerate(pairs)]), persistent=False)
-        self.register_buffer("mirror", torch.tensor(MIRROR_68 if any(self.flipped) else ()), persistent=False)
+        self.register_buffer("mirror", torch.tensor(MIRROR_68 if any(self.flipped) else (), dtype=torch.long),
+                             persistent=False)
         for win, comps in data.sigma_components.items():
             self.register_buffer(f"sigma_components_{win}", comps.to(dtype))       # (K, win², win²)
         self._sigmas: dict[tuple, torch.Tensor] = {}
