@@ -173,6 +173,8 @@ def test_bad_inputs_give_clear_errors(model, tmp_path):
         model.fit([image, image], torch.zeros(2, 3))
     with pytest.raises(ValueError, match=r"landmarks: expected \(B, 68, 2\)"):
         model.refine([image], torch.zeros(1, 5, 2))
+    with pytest.raises(ValueError, match=r"points: expected \(1, 5, 2\), the detector's five points of each box"):
+        model.fit([image], torch.tensor([[0, 0, 10, 10]]), points=torch.zeros(1, 68, 2))
     with pytest.raises(ValueError, match=r"boxes: expected finite x, y, width, height; not finite: box\(es\) \[1\]"):
         model.fit([image, image], torch.tensor([[0, 0, 10, 10], [float("nan"), 0, 10, 10]]))
     few = torch.full((2, 68, 2), float("nan"))

@@ -234,6 +234,11 @@ class LandmarkModel(nn.Module):
             raise ValueError(f"boxes: expected finite x, y, width, height; not finite: box(es) "
                              f"{broken.nonzero().flatten().tolist()}")
         index = _as_index(image_index, boxes.shape[0], grey.shape[0], self.device)
+        if points is not None:
+            points = torch.as_tensor(points, dtype=self.dtype, device=self.device)
+            if points.shape != (boxes.shape[0], 5, 2):
+                raise ValueError(f"points: expected ({boxes.shape[0]}, 5, 2), the detector's five points of each box, "
+                                 f"found shape {tuple(points.shape)}")
         if given:
             _warn_outside(boxes, batch.sizes[index])
         fitter = self.fitter
@@ -250,7 +255,6 @@ class LandmarkModel(nn.Module):
         with self._threads(faces=count * (h + (points is not None))):
             g = fitter.pdm.params_from_box(boxes.repeat_interleave(h, 0), hypotheses.repeat(count, 1)).view(count, h, 6)
             if points is not None and fitter.pdm.num_points == 68:
-                points = torch.as_tensor(points, dtype=self.dtype, device=self.device).reshape(count, 5, 2)
                 detected = start_from_points(fitter.pdm, points)                           # (B, 6)
                 usable = torch.isfinite(detected).all(1, keepdim=True) & (detected[:, :1] > 0)
                 g = torch.cat([g, torch.where(usable, detected, g[:, 0])[:, None]], 1)    # else the frontal start again
