@@ -12,7 +12,8 @@ reach the same fit), and the full search's margin: its winner's likelihood minus
 hypothesis whose full fit is another one (more than 1 px away from the winner's anywhere). Then
 whole fits (part models, validator) per face: single start, the default (fitting.hypotheses: the
 first scale's most likely, or the frontal one where nearly as likely, completed; the next where
-the validator rejects it) and every hypothesis completed, with their validator confidence and
+the validator rejects it), the default as a detected face gets it (with the detector's start from
+its five points: "+points") and every hypothesis completed, with their validator confidence and
 the max px between the default's landmarks and the full search's; and how often completing the
 2 or 3 hypotheses most likely after the first scale would choose the full search's winner.
 """
@@ -57,17 +58,17 @@ def main() -> None:
     print(f"# CLNF general, {args.dtype}; likelihoods are OpenFace's (higher is better); conf: validator "
           f"confidence of the whole fit (success above 0.725)")
     print(f"{'image':12} {'angle':>5} {'face':>4} {'first':>5} {'full':>5} {'px':>6} {'margin':>7} "
-          f"{'top2':>4} {'top3':>4} {'single':>6} {'default':>7} {'all 11':>6} {'default-all px':>14}")
+          f"{'top2':>4} {'top3':>4} {'single':>6} {'default':>7} {'+points':>7} {'all 11':>6} {'default-all px':>14}")
     tally = dict.fromkeys(["faces", "same", "same fit", "top2", "top3", "default = all", "single", "default",
-                           "all 11"], 0)
+                           "+points", "all 11"], 0)
     rows = []
     for path in sorted((SHARED / "media").glob("sample*.jpg")):
         original = cv2.imread(str(path))
         for angle in args.angles:
             image = rotated(original, angle)[0] if angle else original
             batch = model.prepare([image])
-            found = model.detect(batch)[0].boxes
-            for k, box in enumerate(found):
+            detections = model.detect(batch)[0]
+            for k, box in enumerate(detections.boxes):
                 g = fitter.pdm.params_from_box(box[None].repeat(h, 1).to(dtype), hypotheses)
                 index = torch.zeros(h, dtype=torch.long)
                 local = g.new_zeros(h, fitter.pdm.num_modes)
@@ -84,6 +85,7 @@ def main() -> None:
                 top = [int(ranked[:n][full_l[ranked[:n]].argmax()]) for n in (2, 3)]
                 single = model.fit(batch, box[None], multi_view=False)
                 default = model.fit(batch, box[None])
+                detected = model.fit(batch, box[None], points=detections.points[k:k + 1])
                 config, model.fitter.config = model.fitter.config, full_search
                 try:
                     every = model.fit(batch, box[None])
@@ -96,19 +98,20 @@ def main() -> None:
                 tally["top2"] += top[0] == by_full or float(apart[top[0]]) <= DISTINCT
                 tally["top3"] += top[1] == by_full or float(apart[top[1]]) <= DISTINCT
                 tally["default = all"] += gap <= SAME
-                for name, result in (("single", single), ("default", default), ("all 11", every)):
+                for name, result in (("single", single), ("default", default), ("+points", detected), ("all 11", every)):
                     tally[name] += bool(result.success[0])
                 confidences = [f"{float(r.confidence[0]):.2f}{'' if bool(r.success[0]) else '!'}"
-                               for r in (single, default, every)]
+                               for r in (single, default, detected, every)]
                 print(f"{path.name:12} {angle:5.0f} {k:4d} {by_first:5d} {by_full:5d} {float(apart[by_first]):6.2f} "
                       f"{margin:7.2f} {top[0]:4d} {top[1]:4d} {confidences[0]:>6} {confidences[1]:>7} "
-                      f"{confidences[2]:>6} {gap:14.3f}", flush=True)
+                      f"{confidences[2]:>7} {confidences[3]:>6} {gap:14.3f}", flush=True)
                 rows.append((margin, gap <= SAME))
     faces = tally["faces"]
     print(f"# {faces} faces ('!': the validator fails the fit). The first scale's most likely hypothesis is the "
           f"full search's winner on {tally['same']} (reaches its fit: {tally['same fit']}); the full search's "
           f"winner is among the 2 most likely on {tally['top2']}, the 3 most likely on {tally['top3']}")
-    print(f"# validator success: single start {tally['single']}, default {tally['default']}, all 11 completed "
+    print(f"# validator success: single start {tally['single']}, default {tally['default']}, with the detector's "
+          f"start {tally['+points']}, all 11 completed "
           f"{tally['all 11']}; the default's landmarks equal the full search's (within {SAME} px) on "
           f"{tally['default = all']}")
     missed = sorted(m for m, same in rows if not same)

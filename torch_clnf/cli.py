@@ -351,7 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "counted at the batch's largest height and width; a larger image is fitted alone)")
     image.add_argument("--single-start", action="store_true", help="fit each face from one start (rotation 0), "
                        "OpenFace's default and the mode checked against its C++, instead of from 11 head rotations "
-                       "(the default: fits tilted and turned faces; 1.4-1.7x the time of one start)")
+                       "and the detector's five points (the default: fits tilted and turned faces; 1.4-1.5x the "
+                       "time of one start)")
     image.add_argument("--max-faces", type=int, help="keep the K most confident faces of each image (default: all)")
     image.add_argument("--min-confidence", type=float, help="keep the faces whose validator confidence is at least "
                        "this (0-1; default: all; a fit succeeds above 0.725)")
