@@ -16,7 +16,7 @@ from .fitting.sampling import MARGIN
 from .images import ImageBatch, ImageLike, as_array, prepare_images
 from .memory import keep_freed_memory
 from .openface import OpenFaceModel, read_main_spec
-from .threads import call_threads, torch_threads
+from .threads import CEN_FACE_WORK, call_threads, torch_threads
 from .weights import load_weights, resolve_spec
 
 Images = Union[Sequence[ImageLike], ImageLike, ImageBatch]
@@ -187,8 +187,9 @@ class LandmarkModel(nn.Module):
             return self.detector.detect(arrays)
 
     def _threads(self, faces: int = 0, pixels: int = 0):
-        """torch's threads for a call on ``faces`` faces or ``pixels`` pixels (see :attr:`threads`)."""
-        return torch_threads(call_threads(self.threads, faces, pixels))
+        """torch's threads for a call on ``faces`` faces or ``pixels`` pixels (see :attr:`threads`;
+        a CE-CLM face is :data:`~torch_clnf.threads.CEN_FACE_WORK` faces' work)."""
+        return torch_threads(call_threads(self.threads, faces * (CEN_FACE_WORK if self.is_ceclm else 1), pixels))
 
     @torch.inference_mode()
     def fit(self, images: Images, boxes: torch.Tensor | Sequence[Sequence[float]] | None = None,

@@ -7,7 +7,8 @@ machine with one core busy, a CE-CLM fit of one face took 208 ms with one thread
 torch's default of two. So, unless told otherwise, each call of the model runs on
 
 - one thread for a fit of fewer than 2 · :data:`FACES_PER_THREAD` faces (tracking, single
-  images) and for face detection in less than 2 · :data:`PIXELS_PER_THREAD` pixels;
+  images; a CE-CLM face counts as :data:`CEN_FACE_WORK`) and for face detection in less than
+  2 · :data:`PIXELS_PER_THREAD` pixels;
 - else a thread per :data:`FACES_PER_THREAD` faces (or :data:`PIXELS_PER_THREAD` pixels), at
   most the cores that other processes leave free (measured from ``/proc/stat`` over the last half
   second), at most :func:`limit_threads`'s limit (worker processes share the free cores);
@@ -29,6 +30,9 @@ import torch
 # 1.18-1.3x, 64 faces 1.3x faster with two; MTCNN on a 640x480 frame 1.07x, on 3.8 megapixels 1.6x
 FACES_PER_THREAD = 4
 PIXELS_PER_THREAD = 1_000_000
+# a CE-CLM face counts as this many CLNF faces: its CEN experts are large matrix products (one
+# face: 116 ms on one thread, 73 on two; 8 faces 1.5x faster on two)
+CEN_FACE_WORK = 8
 THREADS_ENV = "TORCH_CLNF_THREADS"
 SAMPLE_SECONDS = 0.5          # how old a measurement of the free cores may be
 BUSY_SHARE = 0.2              # a core that other processes use more than this is not free
