@@ -202,9 +202,10 @@ class CCNFExperts(nn.Module):
     def _mirrored(self, view: torch.Tensor, landmarks: torch.Tensor | None) -> torch.Tensor | None:
         """(B,) bool, the faces to compute in their view's mirror view (:func:`mirrored_views`), where
         that leaves fewer views to compute (each costs a convolution and a Σ product of its own);
-        None where it would not (one view, or no mirrored pair both present), for a subset of
+        None where it would not (one face, one view, or no mirrored pair both present), for a subset of
         landmarks, and in a static graph."""
-        if not len(self.mirror) or landmarks is not None or static_graph() or not syncs_cheaply(view):
+        if view.shape[0] < 2 or not len(self.mirror) or landmarks is not None or static_graph() \
+                or not syncs_cheaply(view):
             return None
         present = torch.zeros(2, self.num_views, dtype=torch.bool, device=view.device)
         present[0, view] = True
