@@ -43,7 +43,8 @@ def start_from_points(pdm: PointDistributionModel, points: torch.Tensor) -> torc
     cosine = (model * found).sum((-2, -1)) / norm                    # scale · cos(roll), scale · sin(roll)
     sine = (model[..., 0] * found[..., 1] - model[..., 1] * found[..., 0]).sum(-1) / norm
     scale, roll = torch.hypot(cosine, sine), torch.atan2(sine, cosine)
-    turned = torch.stack([cosine * source[..., 0] - sine * source[..., 1], sine * source[..., 0] + cosine * source[..., 1]], -1)
+    x, y = source[..., 0], source[..., 1]
+    turned = torch.stack([cosine * x - sine * y, sine * x + cosine * y], -1)    # the similarity's part of the centre
     translation = points.mean(-2) - turned                           # (B, 2)
     zero = torch.zeros_like(scale)
     return torch.stack([scale, zero, zero, roll, translation[:, 0], translation[:, 1]], 1)
