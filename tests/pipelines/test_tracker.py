@@ -1,6 +1,4 @@
 """OpenFace's video tracking, batched over streams, against OpenFace C++'s tracked landmarks."""
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 import torch
@@ -8,6 +6,7 @@ import torch
 import torch_clnf
 from reference import landmarks, rows
 from tolerances import FLOAT32_SPREAD_TRACKING_FRAME, FLOAT32_SPREAD_TRACKING_MEDIAN
+from torch_clnf.detect import Detections
 from torch_clnf.pipelines import FrameReader, Tracker
 
 
@@ -114,7 +113,7 @@ class CountingDetector(torch.nn.Module):
 
     def detect(self, images):
         self.calls.append(len(images))
-        return [SimpleNamespace(boxes=torch.zeros(0, 4), confidence=torch.zeros(0)) for _ in images]
+        return [Detections(torch.zeros(0, 4), torch.zeros(0)) for _ in images]
 
 
 def test_without_a_face_detection_is_retried_every_12_frames(model):
@@ -146,7 +145,7 @@ class FixedDetector(torch.nn.Module):
         self.boxes = boxes
 
     def detect(self, images):
-        return [SimpleNamespace(boxes=self.boxes.clone(), confidence=torch.ones(len(self.boxes))) for _ in images]
+        return [Detections(self.boxes.clone(), torch.ones(len(self.boxes))) for _ in images]   # no points
 
 
 def test_several_faces_per_stream(model, media_dir, reference_dir):

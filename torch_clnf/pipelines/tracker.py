@@ -247,7 +247,7 @@ class Tracker:
         if streams:
             fitted = self.model.fit(batch, torch.stack([d.boxes[0] for d in chosen]).to(self.model.device, self.model.dtype),
                                     image_index=[image_of[s] for s in streams], multi_view=self.config.multi_view,
-                                    points=_points([_first_points(d) for d in chosen]))
+                                    points=_points([None if d.points is None else d.points[:1] for d in chosen]))
         for j, s in enumerate(streams):
             track = self.tracks[s][0]
             initial = not track.initialised
@@ -279,8 +279,7 @@ class Tracker:
         new: dict[int, list[tuple[torch.Tensor, torch.Tensor | None]]] = {}
         for s, detections in zip(wanted, found):
             tracked = [_landmark_box(t.result) for t in self.tracks[s] if t.initialised and t.result is not None]
-            points = getattr(detections, "points", None)
-            points = points.cpu() if points is not None else [None] * len(detections.boxes)
+            points = [None] * len(detections) if detections.points is None else detections.points.cpu()
             new[s] = [(box, point) for box, point in zip(detections.boxes.cpu(), points)
                       if all(_overlap(box, other) <= self.config.overlap for other in tracked)]
         return new
@@ -303,12 +302,6 @@ class Tracker:
             success = bool(fitted.success[j])
             self.tracks[s][k] = FaceTrack(True, success, -1 if success else 0, _one(fitted, j), self._new_face_id(s))
         return {(s, k) for s, k, _ in starts}
-
-
-def _first_points(detections) -> torch.Tensor | None:
-    """(1, 5, 2) the five points of an image's first (largest) face, or None where the detector gives none."""
-    points = getattr(detections, "points", None)
-    return None if points is None else points[:1]
 
 
 def _points(points: list[torch.Tensor | None]) -> torch.Tensor | None:
