@@ -91,6 +91,7 @@ class CCNFExperts(nn.Module):
         self.register_buffer("view_centers", data.view_centers.to(dtype))           # (V, 3)
         self.window_sizes = list(data.window_sizes)
         pairs = mirrored_views(data)
+        self._computed_as = pairs                                                                   # on the host
         self.register_buffer("computed_as", torch.tensor(pairs), persistent=False)                 # (V,)
         self.register_buffer("flipped", torch.tensor([v != w for v, w in enumerate(pairs)]), persistent=False)
         self.register_buffer("mirror", torch.tensor(MIRROR_68 if any(self.flipped) else (), dtype=torch.long),
@@ -207,10 +208,7 @@ class CCNFExperts(nn.Module):
         if view.shape[0] < 2 or not len(self.mirror) or landmarks is not None or static_graph() \
                 or not syncs_cheaply(view):
             return None
-        present = torch.zeros(2, self.num_views, dtype=torch.bool, device=view.device)
-        present[0, view] = True
-        present[1, self.computed_as[view]] = True
-        views, computed = present.sum(1).tolist()                     # views present, and views computed
-        if computed >= views:
+        present = [v for v, count in enumerate(torch.bincount(view, minlength=self.num_views).tolist()) if count]
+        if len({self._computed_as[v] for v in present}) >= len(present):
             return None
         return self.flipped[view]
