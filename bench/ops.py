@@ -106,12 +106,14 @@ def report(title: str, counter: OpCounter, names: int) -> None:
     print("\nmost frequent: " + ", ".join(f"{name} {n}" for name, n in counter.by_name.most_common(names)))
 
 
-def workloads(models: Path) -> dict[str, Callable[[], object]]:
-    """The counted calls, each warmed up once (first-use set-up is not counted)."""
+def workloads(models: Path, compile: bool = False) -> dict[str, Callable[[], object]]:
+    """The counted calls, each warmed up once (first-use set-up is not counted); ``compile``: with
+    ``FitConfig(compile=True)`` (the compiled packages' calls are not ATen operations: not counted)."""
+    config = torch_clnf.FitConfig(compile=compile)
     row = next(csv.DictReader(open(SHARED / "reference/openface_cpp/images_default.csv")))
     image = cv2.imread(str(SHARED / "media" / row["file_or_frame"]))
     box = np.array([[float(row[k]) for k in ("box_x", "box_y", "box_w", "box_h")]], np.float32)
-    model = torch_clnf.load_model(models=models)
+    model = torch_clnf.load_model(models=models, config=config)
     result = model.fit([image], box, multi_view=False)
     calls = {"one face, fit from a box (CLNF, parts, validator)": lambda: model.fit([image], box, multi_view=False),
              "one tracked frame": lambda: model.track([image], result),
@@ -129,7 +131,7 @@ def workloads(models: Path) -> dict[str, Callable[[], object]]:
         write_cen_file(folder / "patch_experts" / f"cen_patches_{scale}_of.dat", hidden=(24, 12), scale=float(scale),
                        seed=k)
     (folder / "early_term_cen_of.txt").write_text("1 1 1\n0 0 0\n-1 -1 -1\n")
-    ceclm = torch_clnf.load_model("main_ceclm_general.txt", models=folder, cache=folder / "cache")
+    ceclm = torch_clnf.load_model("main_ceclm_general.txt", models=folder, cache=folder / "cache", config=config)
     calls["one face, fit from a box (CE-CLM)"] = lambda: ceclm.fit([image], box, multi_view=False)
     for call in calls.values():
         call()
@@ -140,9 +142,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", type=Path, default=Path(os.environ.get("TORCH_CLNF_MODELS", SHARED / "openface-models")))
     parser.add_argument("--names", type=int, default=12, help="operation names listed per workload")
+    parser.add_argument("--compile", action="store_true", help="fits with FitConfig(compile=True): the operations "
+                        "left around the compiled NU-RLMS phases and CalcParams steps (the first run compiles them)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    for title, call in workloads(args.models).items():
+    for title, call in workloads(args.models, args.compile).items():
         report(title, count(call), args.names)
 
 

@@ -325,3 +325,24 @@ def test_one_truncated_video_in_segments_is_one_csv_of_its_readable_frames(model
     with open(tmp_path / "out/cut.csv") as f:
         table = list(csv.DictReader(f))
     assert [int(r["frame"]) for r in table] == list(range(1, 131)) and all(r["success"] == "1" for r in table)
+
+
+def test_compile_command_compiles_what_fits_and_tracking_run(models_dir, tmp_path, capsys, monkeypatch):
+    """Each batch size's fits (single start, 11 head rotations) and tracking go through the compiled
+    functions (here run eagerly: compiling them takes minutes, tests/fitting/test_compiled.py compiles two)."""
+    from torch_clnf.models import compiling
+
+    calls = set()
+
+    def eager(function, template, tensors, modules, signature):
+        calls.add((function.__name__, tensors[0].shape[0]))
+        return lambda inputs: tuple(function(*compiling._rebuild(template, inputs, modules)))
+
+    monkeypatch.setattr(compiling, "_runner", eager)
+    monkeypatch.setattr(compiling, "_directory", None)
+    assert main(["compile", "--models", str(models_dir), "--cache", str(tmp_path), "--batch", "1", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "1 face(s): fit from boxes (single start and 11 head rotations) and tracking compiled" in out
+    assert "2 face(s)" in out and f"0 new packages in {tmp_path / 'compiled'}" in out
+    assert {("iterations_unrolled", 1), ("iterations_unrolled", 2), ("_calc_params_steps", 1),
+            ("iterations_unrolled", 11), ("iterations_unrolled", 22)} <= calls

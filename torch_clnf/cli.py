@@ -280,6 +280,32 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compile(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .fitting import FitConfig
+    from .landmark_model import load_model
+    from .models.compiling import package_dir
+
+    start = time.perf_counter()
+    model = load_model(args.model, args.models, device=args.device, cache=args.cache, detector=not args.no_validator,
+                       config=FitConfig(compile=True, refine_hierarchical=not args.no_parts))
+    before = set(package_dir().glob("*.pt2"))
+    # any image and box give every shape a fit of that many faces takes (the iterations run their full count)
+    rng = np.random.default_rng(0)
+    image = (rng.random((480, 640)) * 255).astype(np.uint8)
+    for faces in args.batch:
+        boxes = np.tile(np.array([[200.0, 120.0, 240.0, 240.0]], np.float32), (faces, 1))
+        for multi_view in (False, True):
+            fitted = model.fit([image] * faces, boxes, multi_view=multi_view)
+        model.track([image] * faces, fitted)                 # (as many videos in lockstep)
+        print(f"{faces} face(s): fit from boxes (single start and 11 head rotations) and tracking compiled")
+    made = set(package_dir().glob("*.pt2")) - before
+    print(f"{len(made)} new packages in {package_dir()} ({time.perf_counter() - start:.0f} s); fits with --compile "
+          "(FitConfig(compile=True)) load them in milliseconds")
+    return 0
+
+
 def _download(args: argparse.Namespace) -> int:
     from .download import (ACCEPT_ENV, LICENSE_SUMMARY, DownloadError, download_models, license_accepted_by_environment,
                            model_files)
@@ -313,7 +339,7 @@ def _download(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = ("convert", "download-models", "image", "video")
+COMMANDS = ("compile", "convert", "download-models", "image", "video")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -325,6 +351,19 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--cache", type=Path, help="cache folder (default: $TORCH_CLNF_CACHE, a checkout's weights/, or ~/.cache/torch_clnf)")
     conv.add_argument("--force", action="store_true", help="convert again even if an up-to-date conversion is cached")
     conv.set_defaults(run=_convert)
+
+    comp = commands.add_parser("compile", help="compile the fitting loops ahead of time for --compile (AOTInductor "
+                               "packages in the weights cache: minutes once, then loaded in milliseconds)")
+    comp.add_argument("--model", default="main_clnf_general.txt", help="main spec (default: main_clnf_general.txt)")
+    comp.add_argument("--models", type=Path, help=f"OpenFace model folder (default: ${MODELS_ENV})")
+    comp.add_argument("--cache", type=Path, help="cache folder (default: $TORCH_CLNF_CACHE, a checkout's weights/, "
+                      "or ~/.cache/torch_clnf)")
+    comp.add_argument("--device", default="cpu", help="cpu or cuda")
+    comp.add_argument("--batch", type=int, nargs="+", default=[1], help="faces per fit to compile for (default: 1, "
+                      "one image or one video at a time; each batch size is a set of packages of its own)")
+    comp.add_argument("--no-parts", action="store_true", help="for fits without the part models")
+    comp.add_argument("--no-validator", action="store_true", help="without the detection validator")
+    comp.set_defaults(run=_compile)
 
     down = commands.add_parser("download-models", help="download OpenFace's model files (asks you to accept "
                                "OpenFace's license) from its official sources, checked against their SHA-256")
@@ -401,8 +440,9 @@ def _model_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--no-parts", action="store_true", help="skip the hierarchical inner-face and eye models")
     command.add_argument("--threads", type=int, help="torch threads per process (default: chosen per call: one "
                          "for a few faces, more for large batches where cores are free; see torch_clnf.threads)")
-    command.add_argument("--compile", action="store_true", help="compile NU-RLMS with torch.compile: about 1.5x "
-                         "faster on a CPU after minutes of compiling (cached on disk); for long runs")
+    command.add_argument("--compile", action="store_true", help="run NU-RLMS and CalcParams from compiled packages: "
+                         "about 1.5x faster for one face or video on a CPU; each new shape compiles once, for minutes "
+                         "(see `torch-clnf compile`), later runs load it from the weights cache")
     command.add_argument("--capture", action="store_true", help="on CUDA, fit each batch as captured CUDA graphs "
                          "(batches padded to powers of two; see torch_clnf.fitting.capture); no faster elsewhere")
 

@@ -351,7 +351,8 @@ def load_model(spec: str | Path = "main_clnf_general.txt", models: str | Path | 
             (CE-CLM); a path, or a name inside ``models`` / ``$TORCH_CLNF_MODELS``.
         device, dtype: where and in which precision to fit (a ValueError names the devices
             available where ``device`` is not).
-        config: fitting parameters (default OpenFace's; CE-CLM's changes are applied on top).
+        config: fitting parameters (default OpenFace's; CE-CLM's changes are applied on top); with
+            ``compile``, the compiled packages are kept in ``cache``'s ``compiled/`` folder.
         detector: also load the detection validator the spec names and the MTCNN face detector
             (``mtcnn_detector/MTCNN_detector.txt`` beside the spec), as OpenFace does.
         threads: torch threads for each call (:attr:`LandmarkModel.threads`); None chooses them
@@ -374,6 +375,11 @@ def load_model(spec: str | Path = "main_clnf_general.txt", models: str | Path | 
         mtcnn = path.parent / "mtcnn_detector" / "MTCNN_detector.txt"
         if mtcnn.is_file():
             face_detector = load_mtcnn(mtcnn, dtype=dtype)
+    if config is not None and config.compile:
+        from .models.compiling import set_package_dir
+        from .weights import cache_dir
+
+        set_package_dir(cache_dir(cache) / "compiled")
     model = LandmarkModel(load_weights(path, models, cache), config, dtype, validator, face_detector)
     model.threads = threads
     return model.to(device)

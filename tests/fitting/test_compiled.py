@@ -1,5 +1,6 @@
-"""FitConfig(compile=True): NU-RLMS phases and CalcParams through torch.compile give the eager fit's landmarks,
-and a compilation failure falls back to eager iterations with a warning.
+"""FitConfig(compile=True): NU-RLMS phases and CalcParams from AOTInductor packages give the eager fit's
+landmarks, packages kept in the cache are loaded instead of compiled again, and a compilation failure
+falls back to eager iterations with a warning.
 
 Compiled against eager is checked in float64: TorchInductor's fused kernels round differently
 from ATen's, and in float32 such differences cross the fit's discontinuities (see
@@ -29,7 +30,8 @@ def sample(media_dir, reference_dir):
     return images, boxes(records)
 
 
-def test_compiled_iterations_match_eager(models_dir, sample, tmp_path):
+def test_compiled_iterations_match_eager(models_dir, sample, tmp_path, monkeypatch):
+    monkeypatch.setattr(compiling, "_runners", {})
     images, face_boxes = sample
     eager = torch_clnf.load_model(models=models_dir, cache=tmp_path, config=FitConfig(**CONFIG), detector=False,
                                   dtype=torch.float64)
@@ -42,19 +44,27 @@ def test_compiled_iterations_match_eager(models_dir, sample, tmp_path):
     assert torch.equal(found.success, expected.success)
     again = fast.fit(images[:1], face_boxes[:1], multi_view=False)                     # another batch size
     assert (again.landmarks[0] - expected.landmarks[0]).norm(dim=-1).max() < 1e-6
+    packages = sorted(p.name for p in (tmp_path / "compiled").iterdir())
+    assert len(packages) == 4 and all(p.startswith("iterations_unrolled-") and p.endswith(".pt2") for p in packages)
+
+    # a new process: the packages are loaded from the cache, nothing is compiled
+    monkeypatch.setattr(compiling, "_runners", {})
+    monkeypatch.setattr(compiling, "_compile", lambda *args: pytest.fail("compiled again"))
+    loaded = fast.fit(images, face_boxes, multi_view=False)
+    assert torch.equal(loaded.landmarks, found.landmarks)
 
 
 def test_a_compilation_failure_runs_eagerly(models_dir, sample, tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise RuntimeError("no C++ compiler")
 
-    monkeypatch.setattr(compiling, "_compiled", {})
+    monkeypatch.setattr(compiling, "_runners", {})
     monkeypatch.setattr(compiling, "_broken", False)
-    monkeypatch.setattr(compiling.torch, "compile", lambda function, **options: fail)
+    monkeypatch.setattr(compiling, "_compile", fail)
     images, face_boxes = sample
     model = torch_clnf.load_model(models=models_dir, cache=tmp_path, config=FitConfig(compile=True, **CONFIG),
                                   detector=False)
-    with pytest.warns(RuntimeWarning, match="torch.compile failed, the fit runs uncompiled: RuntimeError: no C"):
+    with pytest.warns(RuntimeWarning, match="compiling failed, the fit runs uncompiled: RuntimeError: no C"):
         found = model.fit(images[:1], face_boxes[:1], multi_view=False)
     expected = torch_clnf.load_model(models=models_dir, cache=tmp_path, config=FitConfig(**CONFIG),
                                      detector=False).fit(images[:1], face_boxes[:1], multi_view=False)

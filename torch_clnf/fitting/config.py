@@ -45,10 +45,11 @@ class FitConfig:
         convergence: a phase stops when the shape moves less than this (pixels, whole shape).
         refine_parameters: adapt sigma, reg_factor and weight_factor to each scale's patch size.
         refine_hierarchical: refit the part models (inner face, eyes) after the main fit.
-        compile: run NU-RLMS phases and CalcParams steps as ``torch.compile``-d graphs
-            (:mod:`~torch_clnf.models.compiling`): about 1.5× faster tracking on a CPU, same
-            results up to float rounding, but the first fits of a process compile for minutes
-            (cached on disk for later processes).
+        compile: run NU-RLMS phases and CalcParams steps from AOTInductor packages
+            (:mod:`~torch_clnf.models.compiling`): one face or one video some 1.5× faster on a CPU,
+            same results up to float rounding; each new shape (model, scale, batch size) compiles
+            once, for 10–40 s on a small CPU (``torch-clnf compile`` does it ahead of time), and is
+            loaded from the weights cache afterwards, by later processes too.
         capture: fit the scales of a batch as one captured graph (:mod:`~torch_clnf.fitting.capture`):
             on CUDA compiled and replayed as CUDA graphs, batches padded to powers of two; every
             iteration runs (finished faces masked), same results up to float rounding. Elsewhere

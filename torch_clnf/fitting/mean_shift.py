@@ -133,5 +133,8 @@ def _steps(size: int, like: torch.Tensor) -> torch.Tensor:
     """(size,) 0 … size − 1 on ``like``'s device and in its dtype, made once."""
     key = (size, like.device, like.dtype)
     if key not in _grids:
-        _grids[key] = torch.arange(size, dtype=like.dtype, device=like.device)
+        grid = torch.arange(size, dtype=like.dtype, device=like.device)
+        if torch.compiler.is_compiling():              # (a traced tensor: not kept)
+            return grid
+        _grids[key] = grid
     return _grids[key]

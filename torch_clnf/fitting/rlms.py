@@ -114,8 +114,8 @@ def nu_rlms(pdm: PointDistributionModel, params_global: torch.Tensor, params_loc
         params_global: (B, 6); params_local: (B, m).
         sigma, reg_factor: numbers, or per face (B,) and (B, 1) tensors.
         active: (B,) bool, the faces to fit.
-        compiled: run the phase as one ``torch.compile``-d graph of ``iterations`` masked
-            iterations (:mod:`~torch_clnf.models.compiling`; same results up to float rounding).
+        compiled: run the phase's ``iterations`` masked iterations as one compiled package
+            (:mod:`~torch_clnf.models.compiling`; same results up to float rounding).
         likelihood: compute the final positions' likelihood (OpenFace keeps only the last
             phase's of a scale; some 20 operations).
     """
@@ -135,8 +135,8 @@ def nu_rlms(pdm: PointDistributionModel, params_global: torch.Tensor, params_loc
     regulariser, prior_rows, low, high = _priors(pdm, reg_factor, rigid, shape_sigmas)
     system = _System(regulariser, prior_rows, low, high, *frame.shared(sigma, kde_step), centre)
     if compiled:
-        state = compiled_function(iterations_unrolled)(pdm, frame, state, system, rigid, sigma, convergence, kde_step,
-                                                       shape_sigmas, iterations)
+        state = compiled_function(iterations_unrolled, _Iterate._make)(pdm, frame, state, system, rigid, sigma,
+                                                                       convergence, kde_step, shape_sigmas, iterations)
     for k in range(0 if compiled else iterations):
         if k and syncs_cheaply(state.running) and not bool(state.running.any()):   # (the first: a masked no-op
             break                                                                 # where no face is active)
@@ -204,7 +204,7 @@ def iterations_unrolled(pdm: PointDistributionModel, frame: ResponseFrame, state
                         rigid: bool, sigma: Sigma, convergence: float, kde_step: float, shape_sigmas: float,
                         iterations: int) -> _Iterate:
     """``iterations`` of :func:`iteration` without early exit (finished faces are masked, so the
-    result is the early-exiting loop's): one graph for ``torch.compile``."""
+    result is the early-exiting loop's): one graph to compile."""
     for _ in range(iterations):
         state = iteration(pdm, frame, state, system, rigid, sigma, convergence, kde_step, shape_sigmas)
     return state

@@ -1,68 +1,206 @@
-"""``torch.compile`` for the fitting loops' bodies (``FitConfig(compile=True)``), with an eager fallback.
+"""Ahead-of-time compiled fitting loops (``FitConfig(compile=True)``): AOTInductor packages on disk.
 
-The functions compiled here read nothing back on the host, so TorchInductor turns each into one
-graph of a few fused kernels. A graph is compiled per model, phase, window size and batch size
-(a batch size that changes is recompiled once with a dynamic batch): the first fits of a process
-take minutes on a small CPU; later processes load the kernels from TorchInductor's disk cache.
-Where compilation fails (e.g. no C++ compiler) the functions run eagerly, with one warning.
+The functions compiled here (an NU-RLMS phase's iterations, a block of CalcParams steps) read
+nothing back on the host. Each distinct call of one — its Python arguments, the shapes, dtypes and
+device of its tensors, and the tensors of the model it is given — is exported (``torch.export``)
+and compiled by AOTInductor into a package of fused kernels with a C++ launcher: one call instead
+of hundreds of tensor operations, each with microseconds of Python and dispatch. Packages are kept
+in :func:`package_dir` (the weights cache's ``compiled/``; they hold the model's converted tensors,
+so never in git) and loaded by later processes in milliseconds; a new shape compiles once, for
+some 10–40 s on a small CPU (``torch-clnf compile`` does it ahead of time). Where compiling fails
+(e.g. no C++ compiler) the functions run eagerly, with one warning.
 
-TorchInductor chooses its vector instructions from ``ATEN_CPU_CAPABILITY`` but (torch 2.13) does not
-tell them apart in its disk cache: kernels cached under one setting gave NaN landmarks when loaded
-under another. Unless ``TORCHINDUCTOR_CACHE_DIR`` is set, each setting gets a cache folder of its own.
+A package's name is a hash of the call and of everything its kernels depend on: the torch version,
+the CPU's vector instructions (kernels built for AVX-512 do not run on an AVX2 machine), the device
+and the source files of torch_clnf's models and fitting.
 """
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
+import tempfile
 import warnings
-from typing import Callable, TypeVar
+import weakref
+from pathlib import Path
+from typing import Any, Callable, TypeVar
 
 import torch
+from torch import nn
 
 F = TypeVar("F", bound=Callable)
 
-# variants compiled from one function: models (68, 51, 28 points) × phases × windows × batch
-# sizes; dynamo's default of 8 would run the rest eagerly
-RECOMPILE_LIMIT = 256
-
+_directory: Path | None = None
+_runners: dict[str, Callable] = {}          # package name → its loaded kernels' launcher (a list of tensors in, out)
 _compiled: dict[Callable, Callable] = {}
 _broken = False
+_environment: str | None = None
+_digests: "weakref.WeakKeyDictionary[nn.Module, str]" = weakref.WeakKeyDictionary()
 
 
-def compiled_function(function: F) -> F:
-    """``function`` compiled (once, on first use), or ``function`` itself for good after a
-    compilation error anywhere."""
+def package_dir() -> Path:
+    """Where compiled packages are kept: the folder :func:`set_package_dir` chose, else
+    ``compiled/`` in the default weights cache (:func:`torch_clnf.weights.cache_dir`)."""
+    if _directory is None:
+        from ..weights import cache_dir      # (the cache's location only; no weights are read here)
+
+        return cache_dir() / "compiled"
+    return _directory
+
+
+def set_package_dir(path: str | Path | None) -> None:
+    """Keep compiled packages in ``path`` (None: the default, see :func:`package_dir`);
+    :func:`~torch_clnf.load_model` sets its weights cache's ``compiled/``."""
+    global _directory
+    _directory = None if path is None else Path(path)
+
+
+def compiled_function(function: F, returns: Callable[[tuple], Any] = tuple) -> F:
+    """``function`` run from AOTInductor packages, one per distinct call (compiled on its first
+    call, or loaded from :func:`package_dir`); ``returns`` rebuilds its result from the package's
+    tuple of tensors. After a compilation error anywhere, ``function`` itself, for good."""
     if function not in _compiled:
-        import torch._dynamo
-
-        _cache_per_cpu_capability()
-
-        dynamo = torch._dynamo.config
-        for name in ("recompile_limit", "cache_size_limit"):
-            if hasattr(dynamo, name):
-                setattr(dynamo, name, max(getattr(dynamo, name), RECOMPILE_LIMIT))
-        graph = torch.compile(function, dynamic=None)
-
-        def guarded(*args, **kwargs):
+        def run(*args: Any) -> Any:
             global _broken
             if not _broken:
+                tensors: list[torch.Tensor] = []
+                modules: list[nn.Module] = []
+                signature: list[str] = []
+                template = _flatten(args, tensors, modules, signature, {})
                 try:
-                    return graph(*args, **kwargs)
-                except Exception as err:               # noqa: BLE001 (any backend failure: run eagerly)
+                    runner = _runner(function, template, tensors, modules, signature)
+                except Exception as err:                   # noqa: BLE001 (any export or compiler failure)
                     _broken = True
-                    warnings.warn(f"torch.compile failed, the fit runs uncompiled: {type(err).__name__}: {err}",
+                    warnings.warn(f"compiling failed, the fit runs uncompiled: {type(err).__name__}: {err}",
                                   RuntimeWarning, stacklevel=2)
-            return function(*args, **kwargs)
+                else:
+                    return returns(tuple(runner(tensors)))
+            return function(*args)
 
-        _compiled[function] = guarded
+        _compiled[function] = run
     return _compiled[function]
 
 
-def _cache_per_cpu_capability() -> None:
-    """TorchInductor's cache folder, one per ``ATEN_CPU_CAPABILITY`` (unless the user chose a folder;
-    importing torch._dynamo sets the variable to the default folder, which is not a choice)."""
-    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+def _runner(function: Callable, template: Any, tensors: list[torch.Tensor], modules: list[nn.Module],
+            signature: list[str]) -> Callable:
+    """The loaded package of this call: from memory, from disk, or compiled now and saved."""
+    name = hashlib.sha256("\n".join([_environment_key(), function.__module__, function.__qualname__, *signature])
+                          .encode()).hexdigest()[:32]
+    runner = _runners.get(name)
+    if runner is None:
+        path = package_dir() / f"{function.__name__.strip('_')}-{name}.pt2"
+        if not path.is_file():
+            _compile(_Call(function, template, modules), tuple(tensors), path)
+        runner = _runners[name] = torch._inductor.aoti_load_package(str(path)).loader.boxed_run
+    return runner
 
-    if os.environ.get("TORCHINDUCTOR_CACHE_DIR", default_cache_dir()) != default_cache_dir():
-        return
-    capability = os.environ.get("ATEN_CPU_CAPABILITY", "").strip().lower() or "default"
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(default_cache_dir(), f"cpu-{capability}")
+
+def _compile(call: nn.Module, tensors: tuple[torch.Tensor, ...], path: Path) -> None:
+    """Export ``call`` on ``tensors`` and compile it into the package ``path`` (written whole, then
+    renamed: processes compiling the same package at once each leave a complete file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(suffix=".pt2", dir=path.parent)
+    os.close(handle)
+    inductor_log = logging.getLogger("torch._inductor")
+    level = inductor_log.level
+    try:
+        with warnings.catch_warnings():        # (the compiler's notes to torch's developers, not to users)
+            warnings.simplefilter("ignore")
+            inductor_log.setLevel(logging.ERROR)
+            program = torch.export.export(call, tensors, strict=False)
+            torch._inductor.aoti_compile_and_package(program, package_path=temporary)
+        os.replace(temporary, path)
+    finally:
+        inductor_log.setLevel(level)
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+class _Call(nn.Module):
+    """``function`` on the arguments ``template`` describes, its tensors given flat (the module
+    arguments held, their tensors compiled into the package); returns a flat tuple of tensors."""
+
+    def __init__(self, function: Callable, template: Any, modules: list[nn.Module]) -> None:
+        super().__init__()
+        self.function, self.template = function, template
+        self.held = nn.ModuleList(modules)
+
+    def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.function(*_rebuild(self.template, tensors, list(self.held))))
+
+
+def _flatten(value: Any, tensors: list[torch.Tensor], modules: list[nn.Module], signature: list[str],
+             seen: dict[int, Any]) -> Any:
+    """A template of ``value`` (tuples, named tuples, plain objects, modules, tensors and Python
+    values), its tensors and modules appended to the lists (each object once) and described in
+    ``signature``. An object's attributes named with a leading underscore are caches: dropped."""
+    if id(value) in seen:
+        return seen[id(value)]
+    if isinstance(value, torch.Tensor):
+        found = seen[id(value)] = ("tensor", len(tensors))
+        tensors.append(value)
+        signature.append(f"tensor {tuple(value.shape)} {value.dtype} {value.device.type}")
+    elif isinstance(value, nn.Module):
+        found = seen[id(value)] = ("module", len(modules))
+        modules.append(value)
+        signature.append(f"module {type(value).__qualname__} {_digest(value)}")
+    elif isinstance(value, tuple):
+        signature.append(f"tuple {type(value).__qualname__} {len(value)}")
+        found = ("tuple", type(value), [_flatten(v, tensors, modules, signature, seen) for v in value])
+    elif value is None or isinstance(value, (bool, int, float, str, torch.dtype)):
+        signature.append(repr(value))
+        found = ("value", value)
+    else:
+        public = {k: v for k, v in vars(value).items() if not k.startswith("_")}
+        signature.append(f"object {type(value).__qualname__} {sorted(public)}")
+        found = ("object", type(value), {k: _flatten(v, tensors, modules, signature, seen) for k, v in public.items()},
+                 [k for k in vars(value) if k.startswith("_")])
+    return found
+
+
+def _rebuild(template: Any, tensors: tuple[torch.Tensor, ...], modules: list[nn.Module]) -> Any:
+    """The arguments ``template`` describes, with these tensors and modules."""
+    kind = template[0]
+    if kind == "tensor":
+        return tensors[template[1]]
+    if kind == "module":
+        return modules[template[1]]
+    if kind == "value":
+        return template[1]
+    if kind == "tuple":
+        items = [_rebuild(t, tensors, modules) for t in template[2]]
+        return template[1](*items) if hasattr(template[1], "_fields") else template[1](items)
+    rebuilt = object.__new__(template[1])
+    vars(rebuilt).update({k: _rebuild(t, tensors, modules) for k, t in template[2].items()},
+                         **dict.fromkeys(template[3]))
+    return rebuilt
+
+
+def _digest(module: nn.Module) -> str:
+    """A hash of a module's buffers and parameters (names, shapes, dtypes, values), made once per module."""
+    found = _digests.get(module)
+    if found is None:
+        hashed = hashlib.sha256()
+        for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+            hashed.update(f"{name} {tuple(tensor.shape)} {tensor.dtype}".encode())
+            hashed.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        found = _digests[module] = hashed.hexdigest()
+    return found
+
+
+def _environment_key() -> str:
+    """What every package's kernels depend on besides the call: torch, the CPU's vector
+    instructions, Python and the sources of what they run, the models and the fitting (hashed once
+    per process)."""
+    global _environment
+    if _environment is None:
+        import platform
+
+        hashed = hashlib.sha256()
+        package = Path(__file__).resolve().parents[1]
+        for source in sorted([*package.glob("models/*.py"), *package.glob("fitting/*.py")]):
+            hashed.update(str(source.relative_to(package)).encode())
+            hashed.update(source.read_bytes())
+        _environment = " ".join([torch.__version__, torch.backends.cpu.get_cpu_capability(), platform.machine(),
+                                 platform.python_version(), hashed.hexdigest()])
+    return _environment

@@ -25,5 +25,7 @@ def constant(value: float | torch.Tensor, like: torch.Tensor, dtype: torch.dtype
     key = (id(value), like.device, dtype) if isinstance(value, torch.Tensor) else (value, like.device, dtype)
     found = _cache.get(key)
     if found is None:
-        found = _cache[key] = torch.as_tensor(value, dtype=dtype, device=like.device)
+        found = torch.as_tensor(value, dtype=dtype, device=like.device)
+        if not torch.compiler.is_compiling():        # (a traced tensor is the trace's, not a value to keep)
+            _cache[key] = found
     return found

@@ -132,7 +132,7 @@ class PointDistributionModel(nn.Module):
 
     def _translation_columns(self, batch: int) -> torch.Tensor:
         """(B, n, 2, 2) identity blocks: d landmarks / d (tx, ty) (a view, kept per batch size)."""
-        if static_graph():                                   # (a traced batch size is symbolic)
+        if static_graph() or torch.compiler.is_compiling():      # (a traced batch size is symbolic)
             return self._eye2.expand(batch, self.num_points, 2, 2)
         found = self._translations.get(batch)
         if found is None or found._base is not self._eye2:
@@ -208,7 +208,7 @@ class PointDistributionModel(nn.Module):
             landmarks: (B, n, 2) pixels.
             visible: (B, n) bool, landmarks to use (default all); the others may be anything, NaN too.
             rotation: (B, 3) initial rotation, radians (default 0).
-            compiled: run the steps as ``torch.compile``-d blocks of :data:`CHECK_EVERY` (same
+            compiled: run the steps as compiled packages of :data:`CHECK_EVERY` masked steps (same
                 results up to float rounding; see :mod:`.compiling`).
         Returns:
             (B, 6) global params, (B, m) local params.
