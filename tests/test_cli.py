@@ -344,5 +344,5 @@ def test_compile_command_compiles_what_fits_and_tracking_run(models_dir, tmp_pat
     out = capsys.readouterr().out
     assert "1 face(s): fit from boxes (single start and 11 head rotations) and tracking compiled" in out
     assert "2 face(s)" in out and f"0 new packages in {tmp_path / 'compiled'}" in out
-    assert {("iterations_unrolled", 1), ("iterations_unrolled", 2), ("_calc_params_steps", 1),
-            ("iterations_unrolled", 11), ("iterations_unrolled", 22)} <= calls
+    assert {("run_phase", 1), ("run_phase", 2), ("_calc_params_steps", 1),
+            ("run_phase", 11), ("run_phase", 22)} <= calls

@@ -18,7 +18,7 @@ from torch_clnf.models import compiling
 
 pytestmark = pytest.mark.parity
 
-# one scale, no parts: two graphs (rigid, non-rigid) to compile, well under a minute
+# one scale, no parts: two packages (rigid, non-rigid phases) to compile, a minute or two
 CONFIG = dict(window_sizes=(11, 0, 0, 0), refine_hierarchical=False, validate=False)
 
 
@@ -38,14 +38,13 @@ def test_compiled_iterations_match_eager(models_dir, sample, tmp_path, monkeypat
     fast = torch_clnf.load_model(models=models_dir, cache=tmp_path, config=FitConfig(compile=True, **CONFIG),
                                  detector=False, dtype=torch.float64)
     expected = eager.fit(images, face_boxes, multi_view=False)
-    found = fast.fit(images, face_boxes, multi_view=False)
+    with pytest.warns(compiling.CompilingWarning, match="compiling the fit's loops for a new shape, once"):
+        found = fast.fit(images, face_boxes, multi_view=False)
     assert not compiling._broken
     assert (found.landmarks - expected.landmarks).norm(dim=-1).max() < 1e-6
     assert torch.equal(found.success, expected.success)
-    again = fast.fit(images[:1], face_boxes[:1], multi_view=False)                     # another batch size
-    assert (again.landmarks[0] - expected.landmarks[0]).norm(dim=-1).max() < 1e-6
     packages = sorted(p.name for p in (tmp_path / "compiled").iterdir())
-    assert len(packages) == 4 and all(p.startswith("iterations_unrolled-") and p.endswith(".pt2") for p in packages)
+    assert len(packages) == 2 and all(p.startswith("run_phase-") and p.endswith(".pt2") for p in packages)
 
     # a new process: the packages are loaded from the cache, nothing is compiled
     monkeypatch.setattr(compiling, "_runners", {})

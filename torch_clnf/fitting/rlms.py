@@ -114,7 +114,7 @@ def nu_rlms(pdm: PointDistributionModel, params_global: torch.Tensor, params_loc
         params_global: (B, 6); params_local: (B, m).
         sigma, reg_factor: numbers, or per face (B,) and (B, 1) tensors.
         active: (B,) bool, the faces to fit.
-        compiled: run the phase's ``iterations`` masked iterations as one compiled package
+        compiled: run the phase (all its ``iterations``, finished faces masked) as one compiled package
             (:mod:`~torch_clnf.models.compiling`; same results up to float rounding).
         likelihood: compute the final positions' likelihood (OpenFace keeps only the last
             phase's of a scale; some 20 operations).
@@ -123,21 +123,32 @@ def nu_rlms(pdm: PointDistributionModel, params_global: torch.Tensor, params_loc
         centre = constant((frame.maps.shape[-1] - 1) / 2, params_global)
     else:
         centre = ((frame.windows - 1) / 2).to(params_global.dtype)[:, None, None]
+    regulariser, prior_rows, low, high = _priors(pdm, reg_factor, rigid, shape_sigmas)
+    system = _System(regulariser, prior_rows, low, high, *frame.shared(sigma, kde_step), centre)
+    if compiled:                                    # (the likelihood too: it costs nothing more there)
+        return compiled_function(run_phase, PhaseResult._make)(pdm, params_global, params_local, frame, system,
+                                                               active, rigid, sigma, convergence, kde_step,
+                                                               shape_sigmas, iterations, True)
+    return run_phase(pdm, params_global, params_local, frame, system, active, rigid, sigma, convergence, kde_step,
+                     shape_sigmas, iterations, likelihood)
+
+
+def run_phase(pdm: PointDistributionModel, params_global: torch.Tensor, params_local: torch.Tensor, frame: ResponseFrame,
+          system: "_System", active: torch.Tensor, rigid: bool, sigma: Sigma, convergence: float, kde_step: float,
+          shape_sigmas: float, iterations: int, likelihood: bool) -> PhaseResult:
+    """:func:`nu_rlms` from its phase's ``system``: the start, the iterations (leaving the loop early
+    where every face has stopped and the host may read that cheaply; else all of them, finished
+    faces masked: one graph to compile) and the params they end at."""
     # the rotation is carried as a matrix through the iterations and read back as Euler angles at
     # the end (OpenFace converts at every step: the same rotation, up to float rounding)
     start_rotation = params_global[:, 1:4]
     rotation = euler_to_matrix(start_rotation)
     shape, jacobian = pdm.project_with_jacobian(params_global, params_local, rigid, rotation)   # (B, n, 2), (B, n, 2, k)
-    last = (shape - frame.base_shape) @ frame.image_to_reference.transpose(1, 2) + centre     # for the likelihood
+    last = (shape - frame.base_shape) @ system.image_to_reference + system.centre            # for the likelihood
     flags = active.view(-1, 1, 1)
     state = _Iterate(params_global, params_local, rotation, shape, jacobian.flatten(1, 2), flags.clone(),
                      torch.zeros_like(flags), torch.zeros_like(flags), last)
-    regulariser, prior_rows, low, high = _priors(pdm, reg_factor, rigid, shape_sigmas)
-    system = _System(regulariser, prior_rows, low, high, *frame.shared(sigma, kde_step), centre)
-    if compiled:
-        state = compiled_function(iterations_unrolled, _Iterate._make)(pdm, frame, state, system, rigid, sigma,
-                                                                       convergence, kde_step, shape_sigmas, iterations)
-    for k in range(0 if compiled else iterations):
+    for k in range(iterations):
         if k and syncs_cheaply(state.running) and not bool(state.running.any()):   # (the first: a masked no-op
             break                                                                 # where no face is active)
         state = iteration(pdm, frame, state, system, rigid, sigma, convergence, kde_step, shape_sigmas)
@@ -198,16 +209,6 @@ def fit_scale(pdm: PointDistributionModel, params_global: torch.Tensor, params_l
     likelihood = torch.where(active, phase.likelihood, likelihood)
     shrunk = ~(params_global[:, 0] >= config.min_scale)                           # also catches NaN
     return ScaleFit(params_global, params_local, active & ~shrunk, success & ~(active & shrunk), likelihood)
-
-
-def iterations_unrolled(pdm: PointDistributionModel, frame: ResponseFrame, state: _Iterate, system: _System,
-                        rigid: bool, sigma: Sigma, convergence: float, kde_step: float, shape_sigmas: float,
-                        iterations: int) -> _Iterate:
-    """``iterations`` of :func:`iteration` without early exit (finished faces are masked, so the
-    result is the early-exiting loop's): one graph to compile."""
-    for _ in range(iterations):
-        state = iteration(pdm, frame, state, system, rigid, sigma, convergence, kde_step, shape_sigmas)
-    return state
 
 
 def iteration(pdm: PointDistributionModel, frame: ResponseFrame, state: _Iterate, system: _System, rigid: bool,

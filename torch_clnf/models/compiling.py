@@ -38,6 +38,10 @@ _environment: str | None = None
 _digests: "weakref.WeakKeyDictionary[nn.Module, str]" = weakref.WeakKeyDictionary()
 
 
+class CompilingWarning(UserWarning):
+    """A fit waits for a package to be compiled (a new shape: once)."""
+
+
 def package_dir() -> Path:
     """Where compiled packages are kept: the folder :func:`set_package_dir` chose, else
     ``compiled/`` in the default weights cache (:func:`torch_clnf.weights.cache_dir`)."""
@@ -90,6 +94,8 @@ def _runner(function: Callable, template: Any, tensors: list[torch.Tensor], modu
     if runner is None:
         path = package_dir() / f"{function.__name__.strip('_')}-{name}.pt2"
         if not path.is_file():
+            warnings.warn(f"compiling the fit's loops for a new shape, once (10-60 s each on a small CPU); kept in "
+                          f"{path.parent}", CompilingWarning, stacklevel=4)
             _compile(_Call(function, template, modules), tuple(tensors), path)
         runner = _runners[name] = torch._inductor.aoti_load_package(str(path)).loader.boxed_run
     return runner

@@ -38,6 +38,6 @@ def syncs_cheaply(tensor: torch.Tensor) -> bool:
 
     Early exits (a loop stopping when every face has converged) are taken only where this is
     true; on GPUs the loops run their full count with the finished faces masked, which gives
-    the same results. Always false inside :func:`fixed_iterations`.
+    the same results. Always false inside :func:`fixed_iterations` and while code is compiled.
     """
-    return _static_depth == 0 and tensor.device.type == "cpu"
+    return _static_depth == 0 and tensor.device.type == "cpu" and not torch.compiler.is_compiling()
