@@ -106,9 +106,10 @@ def report(title: str, counter: OpCounter, names: int) -> None:
     print("\nmost frequent: " + ", ".join(f"{name} {n}" for name, n in counter.by_name.most_common(names)))
 
 
-def workloads(models: Path, compile: bool = False) -> dict[str, Callable[[], object]]:
+def workloads(models: Path, compile: bool = False, only: str = "") -> dict[str, Callable[[], object]]:
     """The counted calls, each warmed up once (first-use set-up is not counted); ``compile``: with
-    ``FitConfig(compile=True)`` (the compiled packages' calls are not ATen operations: not counted)."""
+    ``FitConfig(compile=True)`` (the compiled packages' calls are not ATen operations: not counted);
+    ``only``: the workloads whose title contains it."""
     config = torch_clnf.FitConfig(compile=compile)
     row = next(csv.DictReader(open(SHARED / "reference/openface_cpp/images_default.csv")))
     image = cv2.imread(str(SHARED / "media" / row["file_or_frame"]))
@@ -133,6 +134,7 @@ def workloads(models: Path, compile: bool = False) -> dict[str, Callable[[], obj
     (folder / "early_term_cen_of.txt").write_text("1 1 1\n0 0 0\n-1 -1 -1\n")
     ceclm = torch_clnf.load_model("main_ceclm_general.txt", models=folder, cache=folder / "cache", config=config)
     calls["one face, fit from a box (CE-CLM)"] = lambda: ceclm.fit([image], box, multi_view=False)
+    calls = {title: call for title, call in calls.items() if only in title}
     for call in calls.values():
         call()
     return calls
@@ -144,9 +146,10 @@ def main() -> None:
     parser.add_argument("--names", type=int, default=12, help="operation names listed per workload")
     parser.add_argument("--compile", action="store_true", help="fits with FitConfig(compile=True): the operations "
                         "left around the compiled NU-RLMS phases and CalcParams steps (the first run compiles them)")
+    parser.add_argument("--only", default="", help="the workloads whose title contains this, e.g. 'one face'")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    for title, call in workloads(args.models, args.compile).items():
+    for title, call in workloads(args.models, args.compile, args.only).items():
         report(title, count(call), args.names)
 
 

@@ -104,6 +104,7 @@ def _runner(function: Callable, template: Any, tensors: list[torch.Tensor], modu
 def _compile(call: nn.Module, tensors: tuple[torch.Tensor, ...], path: Path) -> None:
     """Export ``call`` on ``tensors`` and compile it into the package ``path`` (written whole, then
     renamed: processes compiling the same package at once each leave a complete file)."""
+    _cache_per_cpu_capability()
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(suffix=".pt2", dir=path.parent)
     os.close(handle)
@@ -204,9 +205,23 @@ def _environment_key() -> str:
 
         hashed = hashlib.sha256()
         package = Path(__file__).resolve().parents[1]
-        for source in sorted([*package.glob("models/*.py"), *package.glob("fitting/*.py")]):
+        sources = [*package.glob("models/*.py"), *package.glob("fitting/*.py")]
+        for source in sorted(s for s in sources if s.name != "compiling.py"):      # (this file: not in a package)
             hashed.update(str(source.relative_to(package)).encode())
             hashed.update(source.read_bytes())
         _environment = " ".join([torch.__version__, torch.backends.cpu.get_cpu_capability(), platform.machine(),
                                  platform.python_version(), hashed.hexdigest()])
     return _environment
+
+
+def _cache_per_cpu_capability() -> None:
+    """TorchInductor's own cache folder (its intermediate kernels), one per ``ATEN_CPU_CAPABILITY``:
+    it does not tell them apart (torch 2.13), and kernels it cached under one setting gave NaN
+    landmarks when loaded under another. Unless the user chose a folder (importing torch._dynamo
+    sets the variable to the default folder, which is not a choice)."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    if os.environ.get("TORCHINDUCTOR_CACHE_DIR", default_cache_dir()) != default_cache_dir():
+        return
+    capability = os.environ.get("ATEN_CPU_CAPABILITY", "").strip().lower() or "default"
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(default_cache_dir(), f"cpu-{capability}")
