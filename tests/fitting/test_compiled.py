@@ -7,6 +7,9 @@ from ATen's, and in float32 such differences cross the fit's discontinuities (se
 tests/tolerances.py); in float64 they do not, so the two must agree to 1e-6 px on every CPU."""
 from __future__ import annotations
 
+from pathlib import Path
+from types import SimpleNamespace
+
 import cv2
 import pytest
 import torch
@@ -51,6 +54,40 @@ def test_compiled_iterations_match_eager(models_dir, sample, tmp_path, monkeypat
     monkeypatch.setattr(compiling, "_compile", lambda *args: pytest.fail("compiled again"))
     loaded = fast.fit(images, face_boxes, multi_view=False)
     assert torch.equal(loaded.landmarks, found.landmarks)
+
+
+def test_a_damaged_package_is_compiled_again(tmp_path, monkeypatch):
+    """A truncated package file in the cache is replaced, not a reason to stop compiling."""
+    compiled = []
+
+    def compile_fake(call, tensors, path):
+        compiled.append(path)
+        path.write_bytes(b"package")
+
+    def load_fake(path):
+        if Path(path).read_bytes() != b"package":
+            raise RuntimeError("not a zip file")
+        return SimpleNamespace(loader=SimpleNamespace(boxed_run=lambda tensors: (tensors[0] + 1,)))
+
+    monkeypatch.setattr(compiling, "_runners", {})
+    monkeypatch.setattr(compiling, "_compile", compile_fake)
+    monkeypatch.setattr(compiling.torch._inductor, "aoti_load_package", load_fake)
+    compiling.set_package_dir(tmp_path)
+    try:
+        def plus_one(x):
+            return (x + 1,)
+
+        x = torch.zeros(2)
+        with pytest.warns(compiling.CompilingWarning):
+            assert torch.equal(compiling.compiled_function(plus_one)(x)[0], x + 1)
+        (package,) = compiled
+        package.write_bytes(b"trunc")                                  # damaged; a new process loads it
+        monkeypatch.setattr(compiling, "_runners", {})
+        with pytest.warns(compiling.CompilingWarning):
+            assert torch.equal(compiling.compiled_function(plus_one)(x)[0], x + 1)
+        assert compiled == [package, package] and not compiling._broken
+    finally:
+        compiling.set_package_dir(None)
 
 
 def test_a_compilation_failure_runs_eagerly(models_dir, sample, tmp_path, monkeypatch):

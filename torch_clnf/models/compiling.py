@@ -93,11 +93,17 @@ def _runner(function: Callable, template: Any, tensors: list[torch.Tensor], modu
     runner = _runners.get(name)
     if runner is None:
         path = package_dir() / f"{function.__name__.strip('_')}-{name}.pt2"
-        if not path.is_file():
+        if path.is_file():
+            try:
+                runner = torch._inductor.aoti_load_package(str(path)).loader.boxed_run
+            except Exception:                              # noqa: BLE001 (a damaged file: compiled again)
+                path.unlink(missing_ok=True)
+        if runner is None:
             warnings.warn(f"compiling the fit's loops for a new shape, once (10-60 s each on a small CPU); kept in "
                           f"{path.parent}", CompilingWarning, stacklevel=4)
             _compile(_Call(function, template, modules), tuple(tensors), path)
-        runner = _runners[name] = torch._inductor.aoti_load_package(str(path)).loader.boxed_run
+            runner = torch._inductor.aoti_load_package(str(path)).loader.boxed_run
+        _runners[name] = runner
     return runner
 
 
