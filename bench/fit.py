@@ -59,7 +59,10 @@ def cpp_median_ms(name: str, column: str = "fit_ms") -> float:
 
 
 def run(name: str, model: torch_clnf.LandmarkModel, batches: list[int], device: torch.device, repeats: int,
-        cpp_ms: float, threads: list[int | None], parts_alone: bool = False) -> None:
+        cpp_ms: float, threads: list[int | None], parts_alone: bool = False,
+        eager: torch_clnf.LandmarkModel | None = None) -> None:
+    """Times ``model``'s fits of each batch size (and thread count); ``eager``: an uncompiled
+    model's fits too, in turns with these (a ratio that holds while the machine's speed drifts)."""
     for batch, count in ((b, t) for b in batches for t in threads):
         model.threads = count                                 # None: torch_clnf's choice per call
         greys, boxes, index = faces(batch, device)
@@ -70,13 +73,16 @@ def run(name: str, model: torch_clnf.LandmarkModel, batches: list[int], device: 
             print(f"# compiling or capturing for {batch} faces: {time.perf_counter() - start:.0f} s", flush=True)
         joint = model.fitter.joint_parts_max_faces
 
-        def fit(joint_parts_max_faces: int) -> None:
-            model.fitter.joint_parts_max_faces = joint_parts_max_faces
-            model.fit(greys, boxes, image_index=index, multi_view=False)
+        def fit(joint_parts_max_faces: int, fitted: torch_clnf.LandmarkModel = model) -> None:
+            fitted.fitter.joint_parts_max_faces = joint_parts_max_faces
+            fitted.fit(greys, boxes, image_index=index, multi_view=False)
 
         variants = {name: joint, **({f"{name} parts alone": 0} if parts_alone else {})}
-        medians = interleaved_median_ms({label: functools.partial(fit, limit) for label, limit in variants.items()},
-                                        device, repeats if batch < 64 else max(3, repeats // 3), warmup=1)
+        calls = {label: functools.partial(fit, limit) for label, limit in variants.items()}
+        if eager is not None:
+            eager.threads = count
+            calls["  eager, in turns"] = functools.partial(fit, joint, eager)
+        medians = interleaved_median_ms(calls, device, repeats if batch < 64 else max(3, repeats // 3), warmup=1)
         model.fitter.joint_parts_max_faces = joint
         for label, ms in medians.items():
             per_face = ms / batch
@@ -123,7 +129,8 @@ def main() -> None:
     parser.add_argument("--threads", nargs="+", help="torch threads, each batch timed with each (side by side in "
                         "one run): numbers, or auto for torch_clnf's choice per call (the default)")
     parser.add_argument("--ceclm", action="store_true", help="also time CE-CLM on full-size synthetic CEN files")
-    parser.add_argument("--compile", action="store_true", help="also time CLNF with FitConfig(compile=True)")
+    parser.add_argument("--compile", action="store_true", help="also time CLNF with FitConfig(compile=True), in "
+                        "turns with the uncompiled fits")
     parser.add_argument("--capture", action="store_true", help="also time CLNF with FitConfig(capture=True)")
     parser.add_argument("--parts-alone", action="store_true",
                         help="also time CLNF with each part group refitted on its own (no joint part refits)")
@@ -146,11 +153,11 @@ def main() -> None:
           f"{'C++ ms':>8} {'C++ f/s':>8} {'speed-up':>9}")
     cpp_clnf = cpp_median_ms("images_default.csv")
     batches = args.batches or [1, 8, 64]
-    run("CLNF", torch_clnf.load_model("main_clnf_general.txt", args.models, device=device), batches, device,
-        args.repeats, cpp_clnf, threads, args.parts_alone)
+    eager = torch_clnf.load_model("main_clnf_general.txt", args.models, device=device)
+    run("CLNF", eager, batches, device, args.repeats, cpp_clnf, threads, args.parts_alone)
     if args.compile:
         model = torch_clnf.load_model("main_clnf_general.txt", args.models, device=device, config=FitConfig(compile=True))
-        run("CLNF compiled", model, batches, device, args.repeats, cpp_clnf, threads)
+        run("CLNF compiled", model, batches, device, args.repeats, cpp_clnf, threads, eager=eager)
     if args.capture:
         model = torch_clnf.load_model("main_clnf_general.txt", args.models, device=device, config=FitConfig(capture=True))
         run("CLNF captured", model, batches, device, args.repeats, cpp_clnf, threads)

@@ -11,8 +11,7 @@ def solve(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     """``x`` with ``a @ x = b`` for symmetric positive definite ``a``, by Cholesky, as OpenFace
     solves its Gauss-Newton systems (``cv::solve`` with ``DECOMP_CHOLESKY``).
 
-    Inside :func:`~torch_clnf.models.sync.fixed_iterations`, and while compiled (AOTInductor has no
-    kernel of its own for the Cholesky factorisation: it would call back into ATen): for the symmetric positive definite
+    Inside :func:`~torch_clnf.models.sync.fixed_iterations`: for the symmetric positive definite
     systems the fitter solves, Gauss-Jordan elimination without pivoting (``k`` unrolled steps of
     elementary ops) on the system scaled to a unit diagonal, ``D a D (x / D) = D b`` with
     ``D = diag(a)^-½`` (as accurate as LAPACK in float32; unscaled, the mixed units of
@@ -24,7 +23,7 @@ def solve(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     Returns:
         x: (B, k, r); info: (B,) int32, non-zero where LAPACK found ``a`` not positive definite.
     """
-    if not static_graph() and not torch.compiler.is_compiling():
+    if not static_graph():
         factor, info = torch.linalg.cholesky_ex(a)
         if a.device.type != "mps":
             return torch.cholesky_solve(b, factor), info
