@@ -114,8 +114,8 @@ def nu_rlms(pdm: PointDistributionModel, params_global: torch.Tensor, params_loc
         params_global: (B, 6); params_local: (B, m).
         sigma, reg_factor: numbers, or per face (B,) and (B, 1) tensors.
         active: (B,) bool, the faces to fit.
-        compiled: run the phase (all its ``iterations``, finished faces masked) as one compiled package
-            (:mod:`~torch_clnf.models.compiling`; same results up to float rounding).
+        compiled: run the phase (all its ``iterations``, finished faces masked) as one compiled
+            package (:mod:`~torch_clnf.models.compiling`; same results up to float rounding).
         likelihood: compute the final positions' likelihood (OpenFace keeps only the last
             phase's of a scale; some 20 operations).
     """
@@ -133,9 +133,10 @@ def nu_rlms(pdm: PointDistributionModel, params_global: torch.Tensor, params_loc
                      shape_sigmas, iterations, likelihood)
 
 
-def run_phase(pdm: PointDistributionModel, params_global: torch.Tensor, params_local: torch.Tensor, frame: ResponseFrame,
-          system: "_System", active: torch.Tensor, rigid: bool, sigma: Sigma, convergence: float, kde_step: float,
-          shape_sigmas: float, iterations: int, likelihood: bool) -> PhaseResult:
+def run_phase(pdm: PointDistributionModel, params_global: torch.Tensor, params_local: torch.Tensor,
+              frame: ResponseFrame, system: "_System", active: torch.Tensor, rigid: bool, sigma: Sigma,
+              convergence: float, kde_step: float, shape_sigmas: float, iterations: int,
+              likelihood: bool) -> PhaseResult:
     """:func:`nu_rlms` from its phase's ``system``: the start, the iterations (leaving the loop early
     where every face has stopped and the host may read that cheaply; else all of them, finished
     faces masked: one graph to compile) and the params they end at."""
