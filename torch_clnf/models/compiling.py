@@ -1,6 +1,6 @@
 """Ahead-of-time compiled fitting loops (``FitConfig(compile=True)``): AOTInductor packages on disk.
 
-The functions compiled here (an NU-RLMS phase's iterations, a block of CalcParams steps) read
+The functions compiled here (an NU-RLMS phase, a block of CalcParams steps) read
 nothing back on the host. Each distinct call of one — its Python arguments, the shapes, dtypes and
 device of its tensors, and the tensors of the model it is given — is exported (``torch.export``)
 and compiled by AOTInductor into a package of fused kernels with a C++ launcher: one call instead
@@ -99,7 +99,7 @@ def _runner(function: Callable, template: Any, tensors: list[torch.Tensor], modu
             except Exception:                              # noqa: BLE001 (a damaged file: compiled again)
                 path.unlink(missing_ok=True)
         if runner is None:
-            warnings.warn(f"compiling the fit's loops for a new shape, once (10-60 s each on a small CPU); kept in "
+            warnings.warn(f"compiling the fit's loops for a new shape, once (10-40 s each on a small CPU); kept in "
                           f"{path.parent}", CompilingWarning, stacklevel=4)
             _compile(_Call(function, template, modules), tuple(tensors), path)
             runner = torch._inductor.aoti_load_package(str(path)).loader.boxed_run
@@ -209,14 +209,13 @@ def _environment_key() -> str:
     if _environment is None:
         import platform
 
-        hashed = hashlib.sha256()
+        from ..weights import source_hash
+
         package = Path(__file__).resolve().parents[1]
         sources = [*package.glob("models/*.py"), *package.glob("fitting/*.py")]
-        for source in sorted(s for s in sources if s.name != "compiling.py"):      # (this file: not in a package)
-            hashed.update(str(source.relative_to(package)).encode())
-            hashed.update(source.read_bytes())
+        sources = sorted(s for s in sources if s.name != "compiling.py")          # (this file: not in a package)
         _environment = " ".join([torch.__version__, torch.backends.cpu.get_cpu_capability(), platform.machine(),
-                                 platform.python_version(), hashed.hexdigest()])
+                                 platform.python_version(), source_hash(sources)])
     return _environment
 
 
