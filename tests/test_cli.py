@@ -329,13 +329,14 @@ def test_one_truncated_video_in_segments_is_one_csv_of_its_readable_frames(model
 
 def test_compile_command_compiles_what_fits_and_tracking_run(models_dir, tmp_path, capsys, monkeypatch):
     """Each batch size's fits (single start, 11 head rotations) and tracking go through the compiled
-    functions (here run eagerly: compiling them takes minutes, tests/fitting/test_compiled.py compiles two)."""
+    functions (here run eagerly: compiling them takes minutes, tests/fitting/test_compiled.py compiles some)."""
     from torch_clnf.models import compiling
 
     calls = set()
 
-    def eager(function, template, tensors, modules, signature):
-        calls.add((function.__name__, tensors[0].shape[0]))
+    def eager(function, template, tensors, modules, signature, dims):
+        params = [t for t in tensors if t.dim() == 2 and t.shape[1] == 6]        # (B, 6) global params
+        calls.add((function.__name__, (params or tensors)[0].shape[0]))
         return lambda inputs: tuple(function(*compiling._rebuild(template, inputs, modules)))
 
     monkeypatch.setattr(compiling, "_runner", eager)
@@ -344,5 +345,6 @@ def test_compile_command_compiles_what_fits_and_tracking_run(models_dir, tmp_pat
     out = capsys.readouterr().out
     assert "1 face(s): fit from boxes (single start and 11 head rotations) and tracking compiled" in out
     assert "2 face(s)" in out and f"0 new packages in {tmp_path / 'compiled'}" in out
-    assert {("run_phase", 1), ("run_phase", 2), ("_calc_params_steps", 1),
-            ("run_phase", 11), ("run_phase", 22)} <= calls
+    assert {("fit_ccnf_scales", 1), ("fit_ccnf_scales", 2), ("fit_ccnf_scales", 11), ("fit_ccnf_scales", 22),
+            ("_calc_params_steps", 1)} <= calls                                  # the main fits, CalcParams
+    assert ("joint_part_rounds", 3) in calls                                   # one face's three parts

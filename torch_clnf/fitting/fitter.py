@@ -7,6 +7,8 @@ import torch
 from torch import nn
 
 from ..models import CCNFExperts, CENExperts, PointDistributionModel
+from ..models.ccnf import CCNFTables, ccnf_maps_per_face
+from ..models.compiling import compiled_function, compiling_failed
 from ..models.linalg import inverse
 from ..models.stacking import StackedExperts, StackedPDM, per_face_model
 from ..models.sync import static_graph, syncs_cheaply
@@ -14,7 +16,7 @@ from ..openface import OpenFaceModel
 from .capture import CapturedFit, MainFit
 from .config import FitConfig
 from .parts import JOINT_PARTS_MAX_FACES, JointParts, PartInput
-from .rlms import ResponseFrame, fit_scale
+from .rlms import ResponseFrame, fit_scale, run_scale
 from .sampling import align_similarity, sample_areas
 
 
@@ -102,10 +104,13 @@ class ModelFitter(nn.Module):
         """(B,) the expert view nearest each face's rotation at a scale (among its member's views,
         for a :meth:`stacked` fitter)."""
         experts = self.experts[scale]
-        distance = ((params_global[:, None, 1:4] - experts.view_centers.to(params_global.dtype)) ** 2).sum(-1)
-        if member is not None:
-            distance = torch.where(experts.view_member == member[:, None], distance, torch.inf)
-        return distance.argmin(1)
+        return nearest_view(params_global, experts.view_centers, getattr(experts, "view_member", None), member)
+
+    def _compiled(self, *experts: nn.Module) -> bool:
+        """Whether responses of these experts are computed from compiled packages (``FitConfig.compile``,
+        CCNF experts, not in a static graph, no compilation failed)."""
+        return (self.config.compile and not static_graph() and not compiling_failed()
+                and all(map(_has_tables, experts)))
 
     def responses(self, padded: torch.Tensor, image_index: torch.Tensor, params_global: torch.Tensor,
                   params_local: torch.Tensor, scale: int, window: int, weight_factor: float,
@@ -115,6 +120,10 @@ class ModelFitter(nn.Module):
         compute one scale's response maps (``pdm`` and ``member``: those of a :meth:`stacked` fitter's batch)."""
         experts = self.experts[scale]
         pdm = self.pdm if pdm is None else pdm
+        if self._compiled(experts):         # (inside a compiled package: each face's view chosen in the graph)
+            return _frame_and_view(ccnf_frame(pdm, padded, image_index, params_global, params_local,
+                                              experts.tables(window), experts.patch_scale, experts.support,
+                                              window + experts.support[0] - 1, weight_factor, member))
         shape = pdm.project(params_global, params_local)
         image_to_reference = align_similarity(shape, pdm.reference_shape(params_local, experts.patch_scale))
         reference_to_image = inverse(image_to_reference)
@@ -168,6 +177,14 @@ class ModelFitter(nn.Module):
         batch = params_global.shape[0]
         members = self.pdm.members if isinstance(self.pdm, StackedPDM) else 1
         pdm, member = per_face_model(self.pdm, batch // members)                  # member: None for one model
+        used = [(scale, window) for scale, window in enumerate(window_sizes[: len(self.experts)]) if window]
+        if self._compiled(*(self.experts[s] for s, _ in used)):
+            scales = tuple((self.experts[s].tables(w), self.experts[s].patch_scale, self.experts[s].support,
+                            w + self.experts[s].support[0] - 1, *self.settings_at(s)) for s, w in used)
+            active = torch.ones(batch, dtype=torch.bool, device=params_global.device) if active is None else active
+            return compiled_function(fit_ccnf_scales, MainFit._make, dynamic={1: (1, 2)})(
+                pdm, padded, image_index, params_global, params_local, active, member, scales, cfg.iterations,
+                cfg.convergence, cfg.kde_step, cfg.shape_sigmas, cfg.min_scale)
         active = torch.ones(batch, dtype=torch.bool, device=params_global.device) if active is None else active.clone()
         success = active.clone()
         likelihood = params_global.new_zeros(batch)
@@ -249,6 +266,74 @@ class ModelFitter(nn.Module):
             fitted = fitter.fit(padded, image_index.repeat(members), g, p, fitter.config.window_sizes, part.use)
             g, p = fitted.params_global, fitted.params_local
         return g, p
+
+
+def nearest_view(params_global: torch.Tensor, view_centers: torch.Tensor, view_member: torch.Tensor | None = None,
+                 member: torch.Tensor | None = None) -> torch.Tensor:
+    """(B,) the view whose (V, 3) centre is nearest each face's (B, 6) rotation; with the (V,)
+    ``view_member`` of stacked experts, among the views of each face's (B,) ``member``."""
+    distance = ((params_global[:, None, 1:4] - view_centers.to(params_global.dtype)) ** 2).sum(-1)
+    if member is not None:
+        distance = torch.where(view_member == member[:, None], distance, torch.inf)
+    return distance.argmin(1)
+
+
+def ccnf_frame(pdm: PointDistributionModel, padded: torch.Tensor, image_index: torch.Tensor,
+               params_global: torch.Tensor, params_local: torch.Tensor, tables: CCNFTables, patch_scale: float,
+               support: tuple[int, int], size: int, weight_factor: float,
+               member: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+    """:meth:`ModelFitter.responses` of CCNF experts with no host read, each face's view chosen and
+    its experts gathered inside: what the compiled packages of ``FitConfig.compile`` run (see
+    :func:`fit_ccnf_scales`, :func:`~torch_clnf.fitting.parts.joint_part_rounds`).
+
+    Returns:
+        (B, n, w, w) maps, (B, n) visible, (B, n, 2) shape, (B, 2, 2) image-to-reference and
+        reference-to-image similarities, (B, n) weights, (B,) view (see :func:`_frame_and_view`).
+    """
+    shape = pdm.project(params_global, params_local)
+    image_to_reference = align_similarity(shape, pdm.reference_shape(params_local, patch_scale))
+    reference_to_image = inverse(image_to_reference)
+    view = nearest_view(params_global, tables.view_centers, tables.view_member, member)
+    areas = sample_areas(padded, image_index, shape, reference_to_image, size)
+    maps = ccnf_maps_per_face(areas, view, tables, support)
+    weights = weight_factor * tables.confidence[view] if weight_factor > 0 else torch.ones_like(maps[:, :, 0, 0])
+    return maps, tables.visible[view], shape, image_to_reference, reference_to_image, weights, view
+
+
+def fit_ccnf_scales(pdm: PointDistributionModel, padded: torch.Tensor, image_index: torch.Tensor,
+                    params_global: torch.Tensor, params_local: torch.Tensor, active: torch.Tensor,
+                    member: torch.Tensor | None, scales: tuple[tuple, ...], iterations: int, convergence: float,
+                    kde_step: float, shape_sigmas: float, min_scale: float) -> MainFit:
+    """:meth:`ModelFitter.main_fit` of CCNF experts with no host read (every scale runs, faces
+    that stopped masked): what ``FitConfig.compile`` runs as one package per model, windows and
+    batch size (the images' height and width are the package's variables).
+
+    Args:
+        scales: per scale fitted, its experts' (:class:`CCNFTables`, patch scale, support, area
+            size) and (sigma, reg_factor, weight_factor).
+    """
+    success = active.clone()
+    likelihood = params_global.new_zeros(active.shape)
+    view = torch.zeros(active.shape, dtype=torch.long, device=active.device)
+    for tables, patch_scale, support, size, sigma, reg, weight_factor in scales:
+        frame, view_now = _frame_and_view(ccnf_frame(pdm, padded, image_index, params_global, params_local, tables,
+                                                     patch_scale, support, size, weight_factor, member))
+        view = torch.where(active, view_now, view)
+        params_global, params_local, active, success, likelihood = run_scale(
+            pdm, params_global, params_local, frame, sigma, reg, iterations, convergence, kde_step, shape_sigmas,
+            min_scale, active, success, likelihood)
+    return MainFit(params_global, params_local, success, likelihood, view)
+
+
+def _frame_and_view(out: tuple[torch.Tensor, ...]) -> tuple[ResponseFrame, torch.Tensor]:
+    """:func:`ccnf_frame`'s tensors as :meth:`ModelFitter.responses` returns them."""
+    return ResponseFrame(*out[:6]), out[6]
+
+
+def _has_tables(experts: nn.Module) -> bool:
+    """Whether the experts are CCNF ones (or stacked CCNF ones), which :func:`ccnf_frame` computes."""
+    members = experts.members if isinstance(experts, StackedExperts) else [experts]
+    return all(isinstance(m, CCNFExperts) for m in members)
 
 
 def _joint_parts(fitter: ModelFitter) -> JointParts | None:

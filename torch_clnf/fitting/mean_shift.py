@@ -102,8 +102,8 @@ _tables: dict[tuple, KernelTable] = {}
 
 def kernel_table(size: int, sigma: Sigma, step: float, like: torch.Tensor) -> KernelTable:
     """The :class:`KernelTable` of maps of ``size``, made once per process for a number ``sigma``
-    (per call for per-face sigmas, and in a static graph)."""
-    if isinstance(sigma, torch.Tensor) or static_graph():       # (a traced graph's tensors are not kept)
+    (per call for per-face sigmas, in a static graph and while compiling)."""
+    if isinstance(sigma, torch.Tensor) or static_graph() or torch.compiler.is_compiling():   # (traced: not kept)
         return KernelTable(size, sigma, step, like)
     key = (size, sigma, step, like.dtype, like.device)
     if key not in _tables:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models import PointDistributionModel
+from ..models.compiling import compiled_function
 from ..models.constants import widest_float
 from ..models.stacking import StackedPDM, per_face_model
 from ..models.sync import syncs_cheaply
@@ -80,8 +81,9 @@ class JointParts(nn.Module):
             padded: (N, H + 4, W + 4) grey images (:func:`~torch_clnf.fitting.sampling.pad_images`).
             image_index: (B,) the image of each face.
             parts: one per group, in the order of the groups given at construction.
-            compiled: CalcParams as compiled blocks (``FitConfig.compile``; the NU-RLMS phases
-                follow each part's own config).
+            compiled: CalcParams as compiled blocks and the rounds as one compiled package
+                (``FitConfig.compile``; where a part's experts are not CCNF ones, its NU-RLMS
+                phases follow its own config).
         Returns:
             per group, (M · B, 6) global and (M · B, m) local params of its own model.
         """
@@ -92,6 +94,31 @@ class JointParts(nn.Module):
         given = torch.cat([F.pad(p.given.flatten(0, 1), (0, points - p.given.shape[2])) for p in ordered])
         use = torch.cat([p.use for p in ordered])
         params_global, params_local = self.pdm.tiled(batch).params_from_landmarks(landmarks, given, compiled=compiled)
+        if compiled and all(fitter._compiled(*fitter.experts) for fitter in self._fitters):
+            self._prepare(batch)
+            state = compiled_function(joint_part_rounds, ScaleFit._make, dynamic={2: (1, 2)})(
+                self, tuple(self._fitters), padded, image_index, params_global, params_local, use)
+        else:
+            state = joint_part_rounds(self, tuple(self._fitters), padded, image_index, params_global, params_local, use)
+        fitted = [(state.params_global[self._rows(i, batch)], state.params_local[self._rows(i, batch), : self._modes(i)])
+                  for i in range(len(self.order))]
+        return [fitted[self.order.index(g)] for g in range(len(self.order))]
+
+    def _prepare(self, batch: int) -> None:
+        """Make what the rounds of ``batch`` faces keep (the experts' tables, the tiled models)
+        before they are traced: the package then holds them, instead of computing them in every call."""
+        for i, fitter in enumerate(self._fitters):
+            per_face_model(fitter.pdm, batch)
+            self.pdm.tiled(batch, self.first_member[i])
+            for scale, window in self.scales[i]:
+                fitter.experts[scale].tables(window)
+
+    def _rounds(self, padded: torch.Tensor, image_index: torch.Tensor, params_global: torch.Tensor,
+                params_local: torch.Tensor, use: torch.Tensor) -> ScaleFit:
+        """The rounds of scales of :meth:`fit` from the CalcParams params: (P, 6) and (P, m) params,
+        P the parts of all faces, the joint model's modes."""
+        batch = image_index.shape[0]
+        points = self.pdm.num_points
         state = ScaleFit(params_global, params_local, use.clone(), use.clone(), params_global.new_zeros(use.shape[0]))
         rounds = max(len(s) for s in self.scales)
         for round_ in range(rounds if not syncs_cheaply(use) or bool(use.any()) else 0):
@@ -117,10 +144,7 @@ class JointParts(nn.Module):
                             self._fitters[fitting[0]].config, state.active[rows], state.success[rows],
                             state.likelihood[rows])
             state = ScaleFit(*(_put(whole, rows, part) for whole, part in zip(state, out)))
-        params_global, params_local = state.params_global, state.params_local
-        fitted = [(params_global[self._rows(i, batch)], params_local[self._rows(i, batch), : self._modes(i)])
-                  for i in range(len(self.order))]
-        return [fitted[self.order.index(g)] for g in range(len(self.order))]
+        return state
 
     def _frame(self, i: int, scale: int, window: int, padded: torch.Tensor, image_index: torch.Tensor, batch: int,
                state: ScaleFit) -> tuple[ResponseFrame, float, float]:
@@ -157,6 +181,15 @@ class JointParts(nn.Module):
         """(F, n, 1) 1 for the members' own points, 0 for padding, faces of the groups from ``first_group`` on."""
         index = self.pdm.member_index(batch)[self.first_member[first_group] * batch:]
         return self.pdm.points[index].unsqueeze(-1).to(self.pdm.mean_shape.dtype)
+
+
+def joint_part_rounds(joint: JointParts, fitters: tuple["ModelFitter", ...], padded: torch.Tensor,
+                      image_index: torch.Tensor, params_global: torch.Tensor, params_local: torch.Tensor,
+                      use: torch.Tensor) -> ScaleFit:
+    """:meth:`JointParts._rounds`, what ``FitConfig.compile`` runs as one package per batch size
+    (the images' height and width its variables; the groups' ``fitters`` passed along so that the
+    package is named after their tensors too)."""
+    return joint._rounds(padded, image_index, params_global, params_local, use)
 
 
 def _shared_settings(fitter: "ModelFitter") -> FitConfig:

@@ -169,7 +169,8 @@ def _priors(pdm: PointDistributionModel, reg_factor: float | torch.Tensor, rigid
     local params' bounds; per face (leading B) where the model or ``reg_factor`` is. Made once per
     model and number ``reg_factor`` (some 15 operations a phase otherwise)."""
     key = (reg_factor, rigid, shape_sigmas, id(pdm.eigenvalues))
-    kept = not isinstance(reg_factor, torch.Tensor) and not static_graph()      # (a traced graph's are not kept)
+    # (a traced graph's are not kept)
+    kept = not isinstance(reg_factor, torch.Tensor) and not static_graph() and not torch.compiler.is_compiling()
     found = _constants.setdefault(pdm, {}).get(key) if kept else None
     if found is None:
         regulariser = diagonal(pdm.prior(reg_factor, rigid))                      # (k, k) or (B, k, k)
@@ -194,21 +195,33 @@ def fit_scale(pdm: PointDistributionModel, params_global: torch.Tensor, params_l
               frame: ResponseFrame, sigma: Sigma, reg_factor: float | torch.Tensor, config: FitConfig,
               active: torch.Tensor, success: torch.Tensor, likelihood: torch.Tensor) -> ScaleFit:
     """One scale of OpenFace's ``CLNF::Fit``: a rigid NU-RLMS phase, then a rigid + non-rigid one
-    (``config``'s iterations, convergence, KDE step, clamp, compile). A face whose system could not
-    be solved fails and stops; one whose scale drops below ``config.min_scale`` (or is NaN) too.
+    (``config``'s iterations, convergence, KDE step, clamp; with ``config.compile`` both phases run
+    as one compiled package). A face whose system could not be solved fails and stops; one whose
+    scale drops below ``config.min_scale`` (or is NaN) too.
 
     Args:
         active, success: (B,) bool; likelihood: (B,) the last scale's, kept where not active.
     """
+    args = (pdm, params_global, params_local, frame, sigma, reg_factor, config.iterations, config.convergence,
+            config.kde_step, config.shape_sigmas, config.min_scale, active, success, likelihood)
+    if config.compile:
+        return compiled_function(run_scale, ScaleFit._make)(*args)
+    return run_scale(*args)
+
+
+def run_scale(pdm: PointDistributionModel, params_global: torch.Tensor, params_local: torch.Tensor,
+              frame: ResponseFrame, sigma: Sigma, reg_factor: float | torch.Tensor, iterations: int,
+              convergence: float, kde_step: float, shape_sigmas: float, min_scale: float, active: torch.Tensor,
+              success: torch.Tensor, likelihood: torch.Tensor) -> ScaleFit:
+    """:func:`fit_scale` from its config's numbers."""
     for rigid in (True, False):
-        phase = nu_rlms(pdm, params_global, params_local, frame, rigid, sigma, reg_factor, config.iterations,
-                        active, config.convergence, config.kde_step, config.shape_sigmas, config.compile,
-                        likelihood=not rigid)       # a scale's likelihood is its last phase's
+        phase = nu_rlms(pdm, params_global, params_local, frame, rigid, sigma, reg_factor, iterations, active,
+                        convergence, kde_step, shape_sigmas, likelihood=not rigid)   # a scale's likelihood is its last phase's
         params_global, params_local = phase.params_global, phase.params_local
         success = success & ~phase.failed
         active = active & ~phase.failed
     likelihood = torch.where(active, phase.likelihood, likelihood)
-    shrunk = ~(params_global[:, 0] >= config.min_scale)                           # also catches NaN
+    shrunk = ~(params_global[:, 0] >= min_scale)                                  # also catches NaN
     return ScaleFit(params_global, params_local, active & ~shrunk, success & ~(active & shrunk), likelihood)
 
 

@@ -64,8 +64,9 @@ def sample_areas(padded: torch.Tensor, image_index: torch.Tensor, landmarks: tor
     centre = (size - 1) / 2
     steps = torch.arange(size, dtype=landmarks.dtype, device=landmarks.device)
     # int32 halves the memory traffic of the full-size integer steps; beyond ±2^20 pixels (a
-    # diverged fit) positions saturate, and every tap is clamped into the image anyway
-    fixed = torch.int32 if padded.numel() < 2 ** 31 - 1 else torch.long
+    # diverged fit) positions saturate, and every tap is clamped into the image anyway (compiled:
+    # int64, the image's size being a variable there, and the steps fused into the gather)
+    fixed = torch.int32 if not torch.compiler.is_compiling() and padded.numel() < 2 ** 31 - 1 else torch.long
     limit = float(2 ** 30)
     height, width = padded.shape[1] - 2 * MARGIN, padded.shape[2] - 2 * MARGIN
     stride = padded.shape[2]

@@ -1,6 +1,8 @@
 """CCNF patch experts (CLNF) as one batched nn.Module per patch scale."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
 
@@ -46,6 +48,56 @@ def mirrored_views(data: CCNFPatchExperts) -> list[int]:
                 pairs[a] = b                                  # computed as its mirror view, b computed as itself
                 break
     return pairs
+
+
+class CCNFTables(NamedTuple):
+    """Every view's CCNF experts for one response-window size: the tensors a compiled response
+    frame takes as inputs (V views, L landmarks, N neurons, P = win² map pixels).
+
+    Attributes:
+        weights: (V, L, N, h, w) zero-mean filters; bias, alpha: (V, L, N).
+        sigmas: (V, L, P, P) the CCNF Σ; visible: (V, L) bool; confidence: (V, L).
+        view_centers: (V, 3) pitch, yaw, roll of each view, radians.
+        view_member: (V,) int64, the member model of each view (0: one model, see
+            :class:`~torch_clnf.models.stacking.StackedExperts`).
+    """
+
+    weights: torch.Tensor
+    bias: torch.Tensor
+    alpha: torch.Tensor
+    sigmas: torch.Tensor
+    visible: torch.Tensor
+    confidence: torch.Tensor
+    view_centers: torch.Tensor
+    view_member: torch.Tensor
+
+
+def ccnf_maps_per_face(areas: torch.Tensor, view: torch.Tensor, tables: CCNFTables,
+                       support: tuple[int, int]) -> torch.Tensor:
+    """CCNF response maps, each face with its own view's experts gathered from ``tables``: no host
+    read, so a compiled graph (:class:`CCNFExperts` groups faces by view on the host instead).
+
+    Every face's landmarks are groups of one grouped convolution, and each face's Σ is applied as a
+    sum over products (which a compiler fuses, reading Σ where it lies). Equal to
+    :meth:`CCNFExperts.forward` up to float rounding.
+
+    Args:
+        areas: (B, L, H, W) grey-level areas of interest; view: (B,) int64.
+    Returns:
+        (B, L, win, win) maps.
+    """
+    batch, points, height, width = areas.shape
+    weights = tables.weights[view]                                                # (B, L, N, h, w)
+    neurons, h, w = weights.shape[2:]
+    stats = window_statistics(areas, support)
+    z = correlation(stats.centred.reshape(1, batch * points, height, width), weights.reshape(batch * points, neurons, h, w),
+                    channels_last=True)
+    z = normalise(stats, z.view(batch, points, neurons, *z.shape[-2:]), tables.bias[view])     # (B, L, N, win, win)
+    summed = (2 * tables.alpha[view][..., None] * torch.sigmoid(z.flatten(-2))).sum(-2)         # (B, L, P)
+    maps = (tables.sigmas[view] * summed[:, :, None, :]).sum(-1)                                # (B, L, P)
+    maps = maps - maps.amin(-1, keepdim=True).clamp(max=0)
+    maps = maps * tables.visible[view][..., None].to(maps.dtype)
+    return maps.view(batch, points, *z.shape[-2:])
 
 
 class CCNFExperts(nn.Module):
@@ -126,14 +178,33 @@ class CCNFExperts(nn.Module):
             empty = alpha_sum == 0
             precision = torch.where(empty[:, None, None], eye, 2 * precision)
             sigma = torch.cholesky_inverse(torch.linalg.cholesky(precision)).masked_fill(empty[:, None, None], 0)
-            self._sigmas[key] = sigma.to(self.weights.device, self.weights.dtype)
+            sigma = sigma.to(self.weights.device, self.weights.dtype)
+            if torch.compiler.is_compiling():          # (made of traced tensors: not kept)
+                return sigma
+            self._sigmas[key] = sigma
         return self._sigmas[key]
 
     def sigmas(self, window: int) -> torch.Tensor:
         """(L, V, win², win²) every view's Σ (:meth:`sigma`) for a window size, landmark-major, kept."""
         key = (window, "views", self.weights.device, self.weights.dtype)
         if key not in self._sigmas:
-            self._sigmas[key] = torch.stack([self.sigma(window, v) for v in range(self.num_views)], 1)
+            sigmas = torch.stack([self.sigma(window, v) for v in range(self.num_views)], 1)
+            if torch.compiler.is_compiling():
+                return sigmas
+            self._sigmas[key] = sigmas
+        return self._sigmas[key]
+
+    def tables(self, window: int) -> CCNFTables:
+        """Every view's experts and Σ for a response-window size, as :class:`CCNFTables` (kept)."""
+        key = (window, "tables", self.weights.device, self.weights.dtype)
+        if key not in self._sigmas:
+            sigmas = torch.stack([self.sigma(window, v) for v in range(self.num_views)])
+            member = torch.zeros(self.num_views, dtype=torch.long, device=self.weights.device)
+            tables = CCNFTables(self.weights, self.bias, self.alpha, sigmas, self.visible, self.confidence,
+                                self.view_centers, member)
+            if torch.compiler.is_compiling():
+                return tables
+            self._sigmas[key] = tables
         return self._sigmas[key]
 
     def _apply(self, fn, recurse=True):  # new device or dtype: drop the Σ cache

@@ -1,8 +1,9 @@
 """Ahead-of-time compiled fitting loops (``FitConfig(compile=True)``): AOTInductor packages on disk.
 
-The functions compiled here (an NU-RLMS phase, a block of CalcParams steps) read
-nothing back on the host. Each distinct call of one — its Python arguments, the shapes, dtypes and
-device of its tensors, and the tensors of the model it is given — is exported (``torch.export``)
+The functions compiled here (a scale's response maps from the image, an NU-RLMS phase, a block of
+CalcParams steps) read nothing back on the host. Each distinct call of one — its Python arguments,
+the shapes (but for the dimensions declared variable, such as an image's height and width), dtypes
+and device of its tensors, and the tensors of the model it is given — is exported (``torch.export``)
 and compiled by AOTInductor into a package of fused kernels with a C++ launcher: one call instead
 of hundreds of tensor operations, each with microseconds of Python and dispatch. Packages are kept
 in :func:`package_dir` (the weights cache's ``compiled/``; they hold the model's converted tensors,
@@ -59,20 +60,39 @@ def set_package_dir(path: str | Path | None) -> None:
     _directory = None if path is None else Path(path)
 
 
-def compiled_function(function: F, returns: Callable[[tuple], Any] = tuple) -> F:
+def compiling_failed() -> bool:
+    """Whether a compilation failed in this process: callers then take their uncompiled path."""
+    return _broken
+
+
+def compiled_function(function: F, returns: Callable[[tuple], Any] = tuple,
+                      dynamic: dict[int, tuple[int, ...]] | None = None) -> F:
     """``function`` run from AOTInductor packages, one per distinct call (compiled on its first
     call, or loaded from :func:`package_dir`); ``returns`` rebuilds its result from the package's
-    tuple of tensors. After a compilation error anywhere, ``function`` itself, for good."""
+    tuple of tensors (a function returning one tensor gives a tuple of it). ``dynamic`` maps the
+    positions of tensor arguments to their dimensions whose sizes are the package's variables
+    (e.g. an image's height and width): calls that differ only there share a package. Called
+    while another compiled function is being traced, ``function`` itself (part of that package);
+    after a compilation error anywhere, ``function`` itself, for good."""
     if function not in _compiled:
+        variable = dynamic or {}
+
         def run(*args: Any) -> Any:
             global _broken
-            if not _broken:
+            if not _broken and not torch.compiler.is_compiling():      # (called inside a compiled function: inlined)
                 tensors: list[torch.Tensor] = []
                 modules: list[nn.Module] = []
-                signature: list[str] = []
-                template = _flatten(args, tensors, modules, signature, {})
+                signature: list[str] = [f"tuple tuple {len(args)}"]
+                seen: dict[int, Any] = {}
+                dims: dict[int, tuple[int, ...]] = {}          # flat tensor index → its variable dimensions
+                items = []
+                for position, arg in enumerate(args):
+                    if position in variable:
+                        dims[len(tensors)] = variable[position]
+                    items.append(_flatten(arg, tensors, modules, signature, seen, variable.get(position, ())))
+                template = ("tuple", tuple, items)
                 try:
-                    runner = _runner(function, template, tensors, modules, signature)
+                    runner = _runner(function, template, tensors, modules, signature, dims)
                 except Exception as err:                   # noqa: BLE001 (any export or compiler failure)
                     _broken = True
                     warnings.warn(f"compiling failed, the fit runs uncompiled: {type(err).__name__}: {err}",
@@ -86,7 +106,7 @@ def compiled_function(function: F, returns: Callable[[tuple], Any] = tuple) -> F
 
 
 def _runner(function: Callable, template: Any, tensors: list[torch.Tensor], modules: list[nn.Module],
-            signature: list[str]) -> Callable:
+            signature: list[str], dims: dict[int, tuple[int, ...]]) -> Callable:
     """The loaded package of this call: from memory, from disk, or compiled now and saved."""
     name = hashlib.sha256("\n".join([_environment_key(), function.__module__, function.__qualname__, *signature])
                           .encode()).hexdigest()[:32]
@@ -101,15 +121,16 @@ def _runner(function: Callable, template: Any, tensors: list[torch.Tensor], modu
         if runner is None:
             warnings.warn(f"compiling the fit's loops for a new shape, once (10-40 s each on a small CPU); kept in "
                           f"{path.parent}", CompilingWarning, stacklevel=4)
-            _compile(_Call(function, template, modules), tuple(tensors), path)
+            _compile(_Call(function, template, modules), tuple(tensors), path, dims)
             runner = torch._inductor.aoti_load_package(str(path)).loader.boxed_run
         _runners[name] = runner
     return runner
 
 
-def _compile(call: nn.Module, tensors: tuple[torch.Tensor, ...], path: Path) -> None:
-    """Export ``call`` on ``tensors`` and compile it into the package ``path`` (written whole, then
-    renamed: processes compiling the same package at once each leave a complete file)."""
+def _compile(call: nn.Module, tensors: tuple[torch.Tensor, ...], path: Path, dims: dict[int, tuple[int, ...]]) -> None:
+    """Export ``call`` on ``tensors`` (``dims``: the variable dimensions of some) and compile it
+    into the package ``path`` (written whole, then renamed: processes compiling the same package
+    at once each leave a complete file)."""
     _cache_per_cpu_capability()
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(suffix=".pt2", dir=path.parent)
@@ -120,7 +141,9 @@ def _compile(call: nn.Module, tensors: tuple[torch.Tensor, ...], path: Path) -> 
         with warnings.catch_warnings():        # (the compiler's notes to torch's developers, not to users)
             warnings.simplefilter("ignore")
             inductor_log.setLevel(logging.ERROR)
-            program = torch.export.export(call, tensors, strict=False)
+            variable = tuple({d: torch.export.Dim.DYNAMIC for d in dims[k]} if k in dims else None
+                             for k in range(len(tensors)))
+            program = torch.export.export(call, tensors, dynamic_shapes=(variable,) if dims else None, strict=False)
             torch._inductor.aoti_compile_and_package(program, package_path=temporary)
         os.replace(temporary, path)
     finally:
@@ -139,20 +162,23 @@ class _Call(nn.Module):
         self.held = nn.ModuleList(modules)
 
     def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(self.function(*_rebuild(self.template, tensors, list(self.held))))
+        result = self.function(*_rebuild(self.template, tensors, list(self.held)))
+        return (result,) if isinstance(result, torch.Tensor) else tuple(result)
 
 
 def _flatten(value: Any, tensors: list[torch.Tensor], modules: list[nn.Module], signature: list[str],
-             seen: dict[int, Any]) -> Any:
+             seen: dict[int, Any], variable: tuple[int, ...] = ()) -> Any:
     """A template of ``value`` (tuples, named tuples, plain objects, modules, tensors and Python
     values), its tensors and modules appended to the lists (each object once) and described in
-    ``signature``. An object's attributes named with a leading underscore are caches: dropped."""
+    ``signature`` (a tensor's ``variable`` dimensions by a ``*``, not their size). An object's
+    attributes named with a leading underscore are caches: dropped."""
     if id(value) in seen:
         return seen[id(value)]
     if isinstance(value, torch.Tensor):
         found = seen[id(value)] = ("tensor", len(tensors))
         tensors.append(value)
-        signature.append(f"tensor {tuple(value.shape)} {value.dtype} {value.device.type}")
+        shape = tuple("*" if d in variable else size for d, size in enumerate(value.shape))
+        signature.append(f"tensor {shape} {value.dtype} {value.device.type}")
     elif isinstance(value, nn.Module):
         found = seen[id(value)] = ("module", len(modules))
         modules.append(value)

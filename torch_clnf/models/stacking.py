@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..openface import PDMData
+from .ccnf import CCNFTables
 from .pdm import PointDistributionModel
 from .sync import static_graph
 from .windows import PatchResponse
@@ -82,11 +83,14 @@ class StackedPDM(nn.Module):
         (its tensors carry the face dimension); from member ``first`` on, (M − first) · ``batch``
         faces. Kept per batch size."""
         key = (batch, first)
-        if key not in self._tiled:
+        found = self._tiled.get(key)
+        if found is None:
             index = self.member_index(batch)[first * batch:]
             data = PDMData(self.mean_shape[index], self.principal_components[index], self.eigenvalues[index])
-            self._tiled[key] = PointDistributionModel(data, self.mean_shape.dtype)
-        return self._tiled[key]
+            found = PointDistributionModel(data, self.mean_shape.dtype)
+            if not torch.compiler.is_compiling():          # (one made of traced tensors is the trace's)
+                self._tiled[key] = found
+        return found
 
     def _apply(self, fn, recurse=True):  # new device or dtype: drop the tiled copies
         self._tiled = {}
@@ -130,6 +134,7 @@ class StackedExperts(nn.Module):
         self.register_buffer("visible", torch.cat([e.visible for e in experts]))              # (V, L)
         self.register_buffer("view_member", torch.arange(len(experts)).repeat_interleave(counts))   # (V,)
         self.register_buffer("view_offset", (counts.cumsum(0) - counts)[self.view_member])          # (V,)
+        self._tables: dict[int, tuple] = {}                        # window → (the members' tables, joined)
 
     @property
     def num_views(self) -> int:
@@ -138,6 +143,17 @@ class StackedExperts(nn.Module):
     @property
     def num_points(self) -> int:
         return self.visible.shape[1]
+
+    def tables(self, window: int) -> CCNFTables:
+        """The members' :meth:`CCNFExperts.tables` as one set of the stacked views (CCNF members only)."""
+        parts = [member.tables(window) for member in self.members]
+        found = self._tables.get(window)
+        if found is None or any(a is not b for a, b in zip(found[0], parts)):      # (new, or a member's moved)
+            joined = CCNFTables(*(torch.cat(tensors) for tensors in zip(*parts)))
+            found = (parts, joined._replace(view_member=self.view_member))
+            if not torch.compiler.is_compiling():
+                self._tables[window] = found
+        return found[1]
 
     def forward(self, areas: torch.Tensor, view: torch.Tensor) -> PatchResponse:
         """Response maps: (B, L, H, W) areas, (B,) stacked view indices → maps (B, L, win, win),

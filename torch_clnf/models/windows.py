@@ -56,13 +56,15 @@ def band(n: int, k: int, like: torch.Tensor) -> torch.Tensor:
     """(n, n − k + 1) matrix with ones where ``0 ≤ i − j < k``: ``x @ band`` sums every k consecutive columns.
 
     Made once per size, device and dtype (eight operations, each worth its overhead for one face);
-    inside :func:`~torch_clnf.models.sync.fixed_iterations` made afresh (a graph being traced)."""
+    inside :func:`~torch_clnf.models.sync.fixed_iterations` and while compiling, made afresh (a
+    graph being traced)."""
     key = (n, k, like.device, like.dtype)
-    found = None if static_graph() else _bands.get(key)
+    kept = not static_graph() and not torch.compiler.is_compiling()     # (a traced tensor is the trace's)
+    found = _bands.get(key) if kept else None
     if found is None:
         offset = torch.arange(n, device=like.device)[:, None] - torch.arange(n - k + 1, device=like.device)
         found = ((offset >= 0) & (offset < k)).to(like.dtype)
-        if not static_graph():
+        if kept:
             _bands[key] = found
     return found
 
