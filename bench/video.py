@@ -10,6 +10,7 @@ faces per frame). Two timings, each the median of --repeats runs:
 With --workers W (CPU), also W processes each tracking N copies in lockstep
 (track_videos_in_processes: W·N videos), end to end, process start-up included.
 With --capture, also CLNF with FitConfig(capture=True) (CUDA graphs; see torch_clnf.fitting.capture).
+With --compile, also CLNF with FitConfig(compile=True) (AOTInductor packages; see torch_clnf.models.compiling).
 With --ceclm, CE-CLM on full-size synthetic CEN files (real layer shapes, random weights; its
 fits are meaningless, so validation is off and every frame is tracked, as the C++ timing was).
 With --threads auto 1 2, each thread setting (auto: torch_clnf's choice per call) is timed in
@@ -263,6 +264,10 @@ def report(name: str, model: torch_clnf.LandmarkModel, args: argparse.Namespace,
     frames = [f.image for f in FrameReader(VIDEO)][: args.frames]
     device = torch.device(args.device)
     for streams in args.streams:
+        if model.config.compile:                   # compile (or load) this batch size's packages first
+            start = time.perf_counter()
+            fit_fps(model, frames[:5], streams, 1, device)
+            print(f"# compiling for {streams} stream(s): {time.perf_counter() - start:.0f} s", flush=True)
         fps = fit_fps(model, frames, streams, args.repeats, device)
         e2e = f"{end_to_end_fps(model, streams, args.repeats):9.1f}" if end_to_end else f"{'-':>9}"
         print(f"{name:16} {device.type:5} {streams:7d} {fps:9.1f} {e2e} {1000 / cpp_ms:8.1f} "
@@ -285,6 +290,8 @@ def main() -> None:
     parser.add_argument("--fit-only", action="store_true", help="skip the end-to-end (track_videos) timing")
     parser.add_argument("--ceclm", action="store_true")
     parser.add_argument("--capture", action="store_true", help="also CLNF with FitConfig(capture=True) (CUDA graphs)")
+    parser.add_argument("--compile", action="store_true", help="also CLNF with FitConfig(compile=True) (its packages "
+                        "compiled or loaded first, not timed)")
     parser.add_argument("--threads", nargs="+", help="thread settings to compare end to end: auto and/or numbers")
     parser.add_argument("--busy", type=int, default=0, help="other processes keeping a core busy each meanwhile")
     parser.add_argument("--segments", action="store_true", help="one video end to end: segmented against "
@@ -314,6 +321,10 @@ def main() -> None:
         captured = torch_clnf.load_model("main_clnf_general.txt", args.models, device=args.device,
                                          config=torch_clnf.FitConfig(capture=True))
         report("CLNF captured", captured, args, CPP_CLNF_MS, end_to_end=not args.fit_only)
+    if args.compile:
+        compiled = torch_clnf.load_model("main_clnf_general.txt", args.models, device=args.device,
+                                         config=torch_clnf.FitConfig(compile=True))
+        report("CLNF compiled", compiled, args, CPP_CLNF_MS, end_to_end=not args.fit_only)
     if args.ceclm:
         with tempfile.TemporaryDirectory() as folder, tempfile.TemporaryDirectory() as cache:
             config = dataclasses.replace(torch_clnf.FitConfig(), validate=False)

@@ -140,7 +140,8 @@ class LandmarkModel(nn.Module):
         if bool(fitted.any()):
             faces = fitted.nonzero().squeeze(1)
             scores = self.validator.score(batch.padded, image_index[faces], state.landmarks[faces],
-                                          state.params_global[faces, 1:4], sizes=batch.sizes, margin=batch.margin)
+                                          state.params_global[faces, 1:4], sizes=batch.sizes, margin=batch.margin,
+                                          compiled=self.config.compile)
             certainty[faces] = scores.to(certainty.dtype)
         return certainty, fitted & (certainty > self.config.validation_boundary)
 

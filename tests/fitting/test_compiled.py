@@ -63,21 +63,22 @@ def test_compiled_iterations_match_eager(models_dir, sample, tmp_path, monkeypat
 
 def test_compiled_parts_match_eager(models_dir, sample, tmp_path, monkeypatch):
     """The part models' refit: CalcParams, then the rounds of all groups' scales as one package
-    (stacked eyes: one set of tables for both members' views; padded frames, per-face sigma)."""
+    (stacked eyes: one set of tables for both members' views; padded frames, per-face sigma); and
+    the validator's warp."""
     monkeypatch.setattr(compiling, "_runners", {})
     images, face_boxes = sample
-    config = dict(CONFIG, refine_hierarchical=True)
-    eager = torch_clnf.load_model(models=models_dir, cache=tmp_path, config=FitConfig(**config), detector=False,
-                                  dtype=torch.float64)
+    config = dict(CONFIG, refine_hierarchical=True, validate=True)
+    eager = torch_clnf.load_model(models=models_dir, cache=tmp_path, config=FitConfig(**config), dtype=torch.float64)
     fast = torch_clnf.load_model(models=models_dir, cache=tmp_path, config=FitConfig(compile=True, **config),
-                                 detector=False, dtype=torch.float64)
+                                 dtype=torch.float64)
     expected = eager.fit(images[:1], face_boxes[:1], multi_view=False)
     with pytest.warns(compiling.CompilingWarning):
         found = fast.fit(images[:1], face_boxes[:1], multi_view=False)
     assert not compiling._broken
     assert (found.landmarks - expected.landmarks).norm(dim=-1).max() < 1e-6
+    assert torch.equal(found.confidence, expected.confidence) and bool(found.success.all())
     packages = {p.name.split("-")[0] for p in (tmp_path / "compiled").iterdir()}
-    assert packages == {"fit_ccnf_scales", "calc_params_steps", "joint_part_rounds"}
+    assert packages == {"fit_ccnf_scales", "calc_params_steps", "joint_part_rounds", "warped_features"}
 
 
 def test_a_damaged_package_is_compiled_again(tmp_path, monkeypatch):

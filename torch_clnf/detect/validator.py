@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..models.compiling import compiled_function
 from ..models.constants import widest_float
 from ..openface.validator import DetectionValidatorData, read_validator
 
@@ -171,7 +172,8 @@ class DetectionValidator(nn.Module):
         return (rotation.to(work)[:, None, :] - centres).norm(dim=-1).argmin(1)
 
     def score(self, images: Sequence[GreyLike] | torch.Tensor, image_index: torch.Tensor, landmarks: torch.Tensor,
-              rotation: torch.Tensor, sizes: torch.Tensor | None = None, margin: int = 0) -> torch.Tensor:
+              rotation: torch.Tensor, sizes: torch.Tensor | None = None, margin: int = 0,
+              compiled: bool = False) -> torch.Tensor:
         """OpenFace's detection certainty of each fitted face.
 
         Args:
@@ -184,6 +186,8 @@ class DetectionValidator(nn.Module):
             rotation: (B, 3) the fit's head rotation (rx, ry, rz) radians (params_global[1:4]).
             sizes: (N, 2) each image's (width, height) inside a padded (N, H, W) batch.
             margin: where each image starts inside the padded batch (pixels, both axes).
+            compiled: warp and normalise from one compiled package (``FitConfig.compile``, see
+                :mod:`~torch_clnf.models.compiling`; the images' size is its variable).
 
         Returns:
             (B,) certainty in (0, 1), one of ``bins`` levels (1 − (2k + 1) / (2·bins)); 0 where
@@ -206,8 +210,8 @@ class DetectionValidator(nn.Module):
         if bool(((image_index < 0) | (image_index >= info.shape[0])).any()):
             raise ValueError(f"image_index must lie in [0, {info.shape[0]})")
         view = self.view_index(rotation).to(device)
-        values, box_ok = self.warp(flat, info[image_index], _to(landmarks, device, dtype), view)
-        features = self.normalise(values, view)
+        warp = compiled_function(_warped_features, dynamic={1: (0,)}) if compiled else _warped_features
+        features, box_ok = warp(self, flat, info[image_index], _to(landmarks, device, dtype), view)
         certainty = torch.zeros(count, dtype=dtype, device=device)
         for v in torch.unique(view).tolist():
             faces = (view == v).nonzero().squeeze(1)
@@ -311,6 +315,14 @@ class DetectionValidator(nn.Module):
                 x = torch.sigmoid(x)
         table = torch.as_tensor(self.certainty_tables[v], device=x.device).to(features.dtype)
         return table[x.reshape(count, -1).argmax(1)]
+
+
+def _warped_features(validator: DetectionValidator, flat: torch.Tensor, info: torch.Tensor, landmarks: torch.Tensor,
+                     view: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:meth:`DetectionValidator.warp` then :meth:`~DetectionValidator.normalise`: (B, P) features
+    and (B,) box_ok."""
+    values, box_ok = validator.warp(flat, info, landmarks, view)
+    return validator.normalise(values, view), box_ok
 
 
 def load_validator(path: str | Path, device: torch.device | str | None = None,

@@ -13,7 +13,7 @@ some 10–40 s on a small CPU (``torch-clnf compile`` does it ahead of time). Wh
 
 A package's name is a hash of the call and of everything its kernels depend on: the torch version,
 the CPU's vector instructions (kernels built for AVX-512 do not run on an AVX2 machine), the device
-and the source files of torch_clnf's models and fitting.
+and the source files of torch_clnf's models, fitting and detection.
 """
 from __future__ import annotations
 
@@ -229,8 +229,8 @@ def _digest(module: nn.Module) -> str:
 
 def _environment_key() -> str:
     """What every package's kernels depend on besides the call: torch, the CPU's vector
-    instructions, Python and the sources of what they run, the models and the fitting (hashed once
-    per process)."""
+    instructions, Python and the sources of what they run, the models, the fitting and the
+    validator (hashed once per process)."""
     global _environment
     if _environment is None:
         import platform
@@ -238,7 +238,7 @@ def _environment_key() -> str:
         from ..weights import source_hash
 
         package = Path(__file__).resolve().parents[1]
-        sources = [*package.glob("models/*.py"), *package.glob("fitting/*.py")]
+        sources = [*package.glob("models/*.py"), *package.glob("fitting/*.py"), *package.glob("detect/*.py")]
         sources = sorted(s for s in sources if s.name != "compiling.py")          # (this file: not in a package)
         _environment = " ".join([torch.__version__, torch.backends.cpu.get_cpu_capability(), platform.machine(),
                                  platform.python_version(), source_hash(sources)])
