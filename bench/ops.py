@@ -39,6 +39,7 @@ STAGES = [
     ("torch_clnf.models.pdm", "PointDistributionModel.params_from_landmarks", "CalcParams"),
     ("torch_clnf.fitting.fitter", "ModelFitter.refine_parts", "parts (set-up, write-back)"),
     ("torch_clnf.detect.validator", "DetectionValidator.score", "validator"),
+    ("torch_clnf.models.compiling", "_launch", "inside compiled packages"),
 ]
 
 
@@ -108,7 +109,8 @@ def report(title: str, counter: OpCounter, names: int) -> None:
 
 def workloads(models: Path, compile: bool = False, only: str = "") -> dict[str, Callable[[], object]]:
     """The counted calls, each warmed up once (first-use set-up is not counted); ``compile``: with
-    ``FitConfig(compile=True)`` (the compiled packages' calls are not ATen operations: not counted);
+    ``FitConfig(compile=True)`` (the packages' fused kernels are not ATen operations; what they call
+    into ATen, their matrix products and Cholesky factorisations, counts as "inside compiled packages");
     ``only``: the workloads whose title contains it."""
     config = torch_clnf.FitConfig(compile=compile)
     row = next(csv.DictReader(open(SHARED / "reference/openface_cpp/images_default.csv")))
@@ -145,7 +147,8 @@ def main() -> None:
     parser.add_argument("--models", type=Path, default=Path(os.environ.get("TORCH_CLNF_MODELS", SHARED / "openface-models")))
     parser.add_argument("--names", type=int, default=12, help="operation names listed per workload")
     parser.add_argument("--compile", action="store_true", help="fits with FitConfig(compile=True): the operations "
-                        "left around the compiled NU-RLMS phases and CalcParams steps (the first run compiles them)")
+                        "issued around the compiled packages and those the packages call into ATen (the first run "
+                        "compiles them)")
     parser.add_argument("--only", default="", help="the workloads whose title contains this, e.g. 'one face'")
     args = parser.parse_args()
     torch.set_num_threads(1)

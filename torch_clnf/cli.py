@@ -440,8 +440,8 @@ def _model_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--no-parts", action="store_true", help="skip the hierarchical inner-face and eye models")
     command.add_argument("--threads", type=int, help="torch threads per process (default: chosen per call: one "
                          "for a few faces, more for large batches where cores are free; see torch_clnf.threads)")
-    command.add_argument("--compile", action="store_true", help="run NU-RLMS and CalcParams from compiled packages: "
-                         "about 1.5x faster for one face or video on a CPU; each new shape compiles once, for minutes "
+    command.add_argument("--compile", action="store_true", help="run the fit from compiled packages: "
+                         "2-2.7x faster for one face or video on a CPU; each new shape compiles once, for minutes "
                          "(see `torch-clnf compile`), later runs load it from the weights cache")
     command.add_argument("--capture", action="store_true", help="on CUDA, fit each batch as captured CUDA graphs "
                          "(batches padded to powers of two; see torch_clnf.fitting.capture); no faster elsewhere")

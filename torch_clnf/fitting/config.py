@@ -45,11 +45,12 @@ class FitConfig:
         convergence: a phase stops when the shape moves less than this (pixels, whole shape).
         refine_parameters: adapt sigma, reg_factor and weight_factor to each scale's patch size.
         refine_hierarchical: refit the part models (inner face, eyes) after the main fit.
-        compile: run NU-RLMS phases and CalcParams steps from AOTInductor packages
-            (:mod:`~torch_clnf.models.compiling`): one face or one video some 1.5× faster on a CPU,
-            same results up to float rounding; each new shape (model, scale, batch size) compiles
-            once, for 10–40 s on a small CPU (``torch-clnf compile`` does it ahead of time), and is
-            loaded from the weights cache afterwards, by later processes too.
+        compile: run the fit from AOTInductor packages (:mod:`~torch_clnf.models.compiling`: the
+            main fit's scales, the parts' rounds, CalcParams steps, the validator's warp): one face
+            or one video 2–2.7× faster on a CPU, same results up to float rounding; each new shape
+            (model, windows, batch size; images of any size share it) compiles once, some 3 minutes
+            for one face's fit and tracking on a small CPU (``torch-clnf compile`` does it ahead of
+            time), and is loaded from the weights cache afterwards, by later processes too.
         capture: fit the scales of a batch as one captured graph (:mod:`~torch_clnf.fitting.capture`):
             on CUDA compiled and replayed as CUDA graphs, batches padded to powers of two; every
             iteration runs (finished faces masked), same results up to float rounding. Elsewhere
