@@ -16,7 +16,7 @@ import torch
 
 import torch_clnf
 from reference import boxes, rows
-from torch_clnf.fitting import FitConfig
+from torch_clnf.fitting import FitConfig, PartConfig
 from torch_clnf.models import compiling
 
 # one scale, no parts: three packages (the responses, the rigid and non-rigid phases) to compile, a minute or two
@@ -79,6 +79,26 @@ def test_compiled_parts_match_eager(models_dir, sample, tmp_path, monkeypatch):
     assert torch.equal(found.confidence, expected.confidence) and bool(found.success.all())
     packages = {p.name.split("-")[0] for p in (tmp_path / "compiled").iterdir()}
     assert packages == {"fit_ccnf_scales", "calc_params_steps", "joint_part_rounds", "warped_features"}
+
+
+def test_the_parts_settings_name_their_package(models_dir, sample, tmp_path, monkeypatch):
+    """The parts' rounds read their configs inside the package: another part setting is another
+    package, never the first one's (run uncompiled here, the packages' names recorded)."""
+    names = []
+
+    def eager(function, template, tensors, modules, signature, dims):
+        if function.__name__ == "joint_part_rounds":
+            names.append("\n".join(signature))
+        return lambda inputs: tuple(function(*compiling._rebuild(template, inputs, modules)))
+
+    monkeypatch.setattr(compiling, "_runner", eager)
+    images, face_boxes = sample
+    for sigma in (1.75, 2.0):
+        parts = dict(FitConfig().parts, inner=PartConfig((9,), reg_factor=2.5, sigma=sigma, weight_factor=2.5))
+        config = FitConfig(compile=True, **dict(CONFIG, refine_hierarchical=True), parts=parts)
+        model = torch_clnf.load_model(models=models_dir, cache=tmp_path, config=config, detector=False)
+        model.fit(images[:1], face_boxes[:1], multi_view=False)
+    assert len(names) == 2 and names[0] != names[1]
 
 
 def test_a_damaged_package_is_compiled_again(tmp_path, monkeypatch):

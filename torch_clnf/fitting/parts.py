@@ -96,10 +96,11 @@ class JointParts(nn.Module):
         params_global, params_local = self.pdm.tiled(batch).params_from_landmarks(landmarks, given, compiled=compiled)
         if compiled and all(fitter._compiled(*fitter.experts) for fitter in self._fitters):
             self._prepare(batch)
-            state = compiled_function(joint_part_rounds, ScaleFit._make, dynamic={2: (1, 2)})(
-                self, tuple(self._fitters), padded, image_index, params_global, params_local, use)
+            settings = tuple((repr(fitter.config), tuple(fitter.patch_scales)) for fitter in self._fitters)
+            state = compiled_function(joint_part_rounds, ScaleFit._make, dynamic={3: (1, 2)})(
+                self, tuple(self._fitters), settings, padded, image_index, params_global, params_local, use)
         else:
-            state = joint_part_rounds(self, tuple(self._fitters), padded, image_index, params_global, params_local, use)
+            state = self._rounds(padded, image_index, params_global, params_local, use)
         fitted = [(state.params_global[self._rows(i, batch)], state.params_local[self._rows(i, batch), : self._modes(i)])
                   for i in range(len(self.order))]
         return [fitted[self.order.index(g)] for g in range(len(self.order))]
@@ -183,12 +184,13 @@ class JointParts(nn.Module):
         return self.pdm.points[index].unsqueeze(-1).to(self.pdm.mean_shape.dtype)
 
 
-def joint_part_rounds(joint: JointParts, fitters: tuple["ModelFitter", ...], padded: torch.Tensor,
-                      image_index: torch.Tensor, params_global: torch.Tensor, params_local: torch.Tensor,
-                      use: torch.Tensor) -> ScaleFit:
+def joint_part_rounds(joint: JointParts, fitters: tuple["ModelFitter", ...], settings: tuple,
+                      padded: torch.Tensor, image_index: torch.Tensor, params_global: torch.Tensor,
+                      params_local: torch.Tensor, use: torch.Tensor) -> ScaleFit:
     """:meth:`JointParts._rounds`, what ``FitConfig.compile`` runs as one package per batch size
-    (the images' height and width its variables; the groups' ``fitters`` passed along so that the
-    package is named after their tensors too)."""
+    (the images' height and width its variables). The groups' ``fitters`` and their ``settings``
+    (configs and patch scales, which the rounds read) are passed along so that the package is named
+    after them: another config or model is another package."""
     return joint._rounds(padded, image_index, params_global, params_local, use)
 
 
