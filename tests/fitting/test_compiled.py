@@ -78,7 +78,7 @@ def test_compiled_parts_match_eager(models_dir, sample, tmp_path, monkeypatch):
     assert (found.landmarks - expected.landmarks).norm(dim=-1).max() < 1e-6
     assert torch.equal(found.confidence, expected.confidence) and bool(found.success.all())
     packages = {p.name.split("-")[0] for p in (tmp_path / "compiled").iterdir()}
-    assert packages == {"fit_ccnf_scales", "calc_params_steps", "joint_part_rounds", "warped_features"}
+    assert packages == {"fit_ccnf_scales", "calc_params", "joint_part_rounds", "warped_features"}
 
 
 def test_the_parts_settings_name_their_package(models_dir, sample, tmp_path, monkeypatch):

@@ -25,7 +25,8 @@ def constant(value: float | torch.Tensor, like: torch.Tensor, dtype: torch.dtype
     key = (id(value), like.device, dtype) if isinstance(value, torch.Tensor) else (value, like.device, dtype)
     found = _cache.get(key)
     if found is None:
-        found = torch.as_tensor(value, dtype=dtype, device=like.device)
+        found = (value.to(like.device, dtype) if isinstance(value, torch.Tensor)       # (not as_tensor: a number
+                 else torch.full((), value, dtype=dtype, device=like.device))          # so made fails in a traced loop)
         if not torch.compiler.is_compiling():        # (a traced tensor is the trace's, not a value to keep)
             _cache[key] = found
     return found

@@ -208,53 +208,74 @@ class PointDistributionModel(nn.Module):
             landmarks: (B, n, 2) pixels.
             visible: (B, n) bool, landmarks to use (default all); the others may be anything, NaN too.
             rotation: (B, 3) initial rotation, radians (default 0).
-            compiled: run the steps as compiled packages of :data:`CHECK_EVERY` masked steps (same
-                results up to float rounding; see :mod:`.compiling`).
+            compiled: run it as one compiled package, its steps a loop inside (same results up to
+                float rounding; see :mod:`.compiling`).
         Returns:
             (B, 6) global params, (B, m) local params.
         """
-        batch, n = landmarks.shape[:2]
-        visible = torch.ones(batch, n, dtype=torch.bool, device=landmarks.device) if visible is None else visible
-        weight = visible.to(landmarks.dtype)
-        landmarks = torch.where(visible[..., None], landmarks, 0.0)                   # unused ones may be NaN
-        big = torch.finfo(landmarks.dtype).max
-        low = torch.where(visible[..., None], landmarks, big).amin(1)
-        high = torch.where(visible[..., None], landmarks, -big).amax(1)
-        mean = self.mean_shape.expand(batch, n, 3)
-        model_low = torch.where(visible[..., None], mean[..., :2], big).amin(1)
-        model_high = torch.where(visible[..., None], mean[..., :2], -big).amax(1)
-        scale = ((high - low) / (model_high - model_low)).mean(1)
-        rotation = landmarks.new_zeros(batch, 3) if rotation is None else rotation
-        params = torch.cat([scale[:, None], rotation, (low + high) / 2], 1)
-        local = landmarks.new_zeros(batch, self.num_modes)
-
-        regulariser = diagonal(self.prior(1.0))
-        prior_rows = -regulariser[..., 6:, :]                                       # p ↦ −Λ p, as a row
-        start_rotation = params[:, 1:4]
-        rotation = euler_to_matrix(start_rotation)                  # carried as a matrix, as in nu_rlms
-        moved = torch.zeros(batch, 1, 1, dtype=torch.bool, device=landmarks.device)
-        projected, jacobian = self.project_with_jacobian(params, local, rotation=rotation)
-        weight2 = weight.repeat_interleave(2, 1)[..., None]                          # (B, 2n, 1)
-        current = torch.sqrt(((projected - landmarks).square().sum(-1) * weight).sum(1))
-        stalls = torch.zeros(batch, dtype=torch.long, device=landmarks.device)
-        state = (params, local, rotation, projected, jacobian.flatten(1, 2), current, stalls, moved)
-        if compiled:                        # blocks of CHECK_EVERY masked steps, one compiled graph each
+        if compiled:
             from .compiling import compiled_function
 
-            block = compiled_function(_calc_params_steps)
-            for _ in range(0, max_iterations, CHECK_EVERY):
-                if not bool((state[6] < 3).any()):
-                    break
-                state = block(self, landmarks, weight, weight2, prior_rows, regulariser, state, CHECK_EVERY)
-        else:
-            check_every = 1 if syncs_cheaply(landmarks) else CHECK_EVERY      # GPUs: read the flags back less often
-            for iteration in range(max_iterations):
-                if iteration % check_every == 0 and not bool((state[6] < 3).any()):
-                    break
-                state = _calc_params_steps(self, landmarks, weight, weight2, prior_rows, regulariser, state, 1)
-        params, local, rotation, _, _, _, _, moved = state
-        euler = torch.where(moved.view(batch, 1), matrix_to_euler(rotation), start_rotation)
-        return torch.cat([params[:, :1], euler, params[:, 4:]], 1), local
+            return compiled_function(_calc_params)(self, landmarks, visible, rotation, max_iterations)
+        return _calc_params(self, landmarks, visible, rotation, max_iterations)
+
+
+def _calc_params(pdm: PointDistributionModel, landmarks: torch.Tensor, visible: torch.Tensor | None,
+                 rotation: torch.Tensor | None, max_iterations: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:meth:`PointDistributionModel.params_from_landmarks` (what its ``compiled`` runs as one package)."""
+    batch, n = landmarks.shape[:2]
+    visible = torch.ones(batch, n, dtype=torch.bool, device=landmarks.device) if visible is None else visible
+    weight = visible.to(landmarks.dtype)
+    landmarks = torch.where(visible[..., None], landmarks, 0.0)                   # unused ones may be NaN
+    big = torch.finfo(landmarks.dtype).max
+    low = torch.where(visible[..., None], landmarks, big).amin(1)
+    high = torch.where(visible[..., None], landmarks, -big).amax(1)
+    mean = pdm.mean_shape.expand(batch, n, 3)
+    model_low = torch.where(visible[..., None], mean[..., :2], big).amin(1)
+    model_high = torch.where(visible[..., None], mean[..., :2], -big).amax(1)
+    scale = ((high - low) / (model_high - model_low)).mean(1)
+    rotation = landmarks.new_zeros(batch, 3) if rotation is None else rotation
+    params = torch.cat([scale[:, None], rotation, (low + high) / 2], 1)
+    local = landmarks.new_zeros(batch, pdm.num_modes)
+
+    regulariser = diagonal(pdm.prior(1.0))
+    prior_rows = -regulariser[..., 6:, :]                                       # p ↦ −Λ p, as a row
+    start_rotation = params[:, 1:4]
+    rotation = euler_to_matrix(start_rotation)                  # carried as a matrix, as in nu_rlms
+    moved = torch.zeros(batch, 1, 1, dtype=torch.bool, device=landmarks.device)
+    projected, jacobian = pdm.project_with_jacobian(params, local, rotation=rotation)
+    weight2 = weight.repeat_interleave(2, 1)[..., None]                          # (B, 2n, 1)
+    current = torch.sqrt(((projected - landmarks).square().sum(-1) * weight).sum(1))
+    stalls = torch.zeros(batch, dtype=torch.long, device=landmarks.device)
+    state = (params, local, rotation, projected, jacobian.flatten(1, 2), current, stalls, moved)
+    if torch.compiler.is_compiling() and not static_graph():   # a package: the loop and its stop in the graph
+        state = _steps_until_stalled(pdm, landmarks, weight, weight2, prior_rows, regulariser, state, max_iterations)
+    else:
+        check_every = 1 if syncs_cheaply(landmarks) else CHECK_EVERY      # GPUs: read the flags back less often
+        for iteration in range(max_iterations):
+            if iteration % check_every == 0 and not bool((state[6] < 3).any()):
+                break
+            state = _calc_params_step(pdm, landmarks, weight, weight2, prior_rows, regulariser, state)
+    params, local, rotation, _, _, _, _, moved = state
+    euler = torch.where(moved.view(batch, 1), matrix_to_euler(rotation), start_rotation)
+    return torch.cat([params[:, :1], euler, params[:, 4:]], 1), local
+
+
+def _steps_until_stalled(pdm: PointDistributionModel, landmarks: torch.Tensor, weight: torch.Tensor,
+                         weight2: torch.Tensor, prior_rows: torch.Tensor, regulariser: torch.Tensor,
+                         state: tuple[torch.Tensor, ...], max_iterations: int) -> tuple[torch.Tensor, ...]:
+    """The steps of :func:`_calc_params` as one loop of the graph being compiled (``while_loop``):
+    steps until every face has stalled three times, at most ``max_iterations``."""
+    from torch._higher_order_ops.while_loop import while_loop
+
+    def going(count: torch.Tensor, *carried: torch.Tensor) -> torch.Tensor:
+        return (count < max_iterations) & (carried[6] < 3).any()
+
+    def step(count: torch.Tensor, *carried: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return (count + 1, *_calc_params_step(pdm, landmarks, weight, weight2, prior_rows, regulariser, carried))
+
+    count = torch.zeros((), dtype=torch.long, device=landmarks.device)
+    return tuple(while_loop(going, step, (count, *state))[1:])
 
 
 def clamp_between(values: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
@@ -267,7 +288,7 @@ def diagonal(values: torch.Tensor) -> torch.Tensor:
     return values.unsqueeze(-1) * torch.eye(values.shape[-1], dtype=values.dtype, device=values.device)
 
 
-CHECK_EVERY = 8      # CalcParams steps between reads of the stop flags (GPUs, compiled graphs)
+CHECK_EVERY = 8      # CalcParams steps between reads of the stop flags (GPUs)
 
 
 def gauss_newton_step(jacobian: torch.Tensor, weights: torch.Tensor, residual: torch.Tensor, regulariser: torch.Tensor,
@@ -291,33 +312,32 @@ def gauss_newton_step(jacobian: torch.Tensor, weights: torch.Tensor, residual: t
     return step, solved
 
 
-def _calc_params_steps(pdm: PointDistributionModel, landmarks: torch.Tensor, weight: torch.Tensor, weight2: torch.Tensor,
-                       prior_rows: torch.Tensor, regulariser: torch.Tensor, state: tuple[torch.Tensor, ...],
-                       steps: int) -> tuple[torch.Tensor, ...]:
-    """``steps`` damped Gauss-Newton steps of :meth:`PointDistributionModel.params_from_landmarks`
-    on ``state`` = (params, local, rotation, projected, jacobian (B, 2n, k), error, stalls, moved
+def _calc_params_step(pdm: PointDistributionModel, landmarks: torch.Tensor, weight: torch.Tensor, weight2: torch.Tensor,
+                      prior_rows: torch.Tensor, regulariser: torch.Tensor,
+                      state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """One damped Gauss-Newton step of :meth:`PointDistributionModel.params_from_landmarks` on
+    ``state`` = (params, local, rotation, projected, jacobian (B, 2n, k), error, stalls, moved
     (B, 1, 1)), ``weight2`` the (B, 2n, 1) per-coordinate ``weight``, ``prior_rows`` the (m, k) or
     (B, m, k) map of the local params to the row ``−Λ p`` and ``regulariser`` Λ. A face whose error
-    stalled three times takes zero steps, which leave it exactly as it is. Reads nothing back on
+    stalled three times takes a zero step, which leaves it exactly as it is. Reads nothing back on
     the host."""
     params, local, rotation, projected, jacobian, current, stalls, moved = state
     batch = params.shape[0]
     three, zero = constant(3, stalls), constant(0.0, params)
-    for _ in range(steps):
-        active = stalls < three
-        step, solved = gauss_newton_step(jacobian, weight2, (landmarks - projected).view(batch, 1, -1), regulariser,
-                                         local.unsqueeze(1) @ prior_rows)
-        solved = solved.view(batch)
-        stalls = torch.where(active & ~solved, three, stalls)                     # degenerate landmarks: stop there
-        active = active & solved
-        taken = active.view(batch, 1, 1)
-        step = torch.where(taken, constant(0.75, step) * step, zero).view(batch, -1)
-        rotation = pdm.rotate(rotation, step)
-        params, local = pdm.add_step(params, local, step)
-        projected, jacobian = pdm.project_with_jacobian(params, local, rotation=rotation)
-        jacobian = jacobian.flatten(1, 2)
-        error = torch.sqrt(((projected - landmarks).square().sum(-1) * weight).sum(1))
-        moved = moved | taken
-        stalls = stalls + (active & (constant(0.999, current) * current < error)).to(stalls.dtype)
-        current = error
+    active = stalls < three
+    step, solved = gauss_newton_step(jacobian, weight2, (landmarks - projected).view(batch, 1, -1), regulariser,
+                                     local.unsqueeze(1) @ prior_rows)
+    solved = solved.view(batch)
+    stalls = torch.where(active & ~solved, three, stalls)                     # degenerate landmarks: stop there
+    active = active & solved
+    taken = active.view(batch, 1, 1)
+    step = torch.where(taken, constant(0.75, step) * step, zero).view(batch, -1)
+    rotation = pdm.rotate(rotation, step)
+    params, local = pdm.add_step(params, local, step)
+    projected, jacobian = pdm.project_with_jacobian(params, local, rotation=rotation)
+    jacobian = jacobian.flatten(1, 2)
+    error = torch.sqrt(((projected - landmarks).square().sum(-1) * weight).sum(1))
+    moved = moved | taken
+    stalls = stalls + (active & (constant(0.999, current) * current < error)).to(stalls.dtype)
+    current = error
     return params, local, rotation, projected, jacobian, current, stalls, moved
