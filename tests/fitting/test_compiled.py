@@ -62,9 +62,9 @@ def test_compiled_iterations_match_eager(models_dir, sample, tmp_path, monkeypat
 
 
 def test_compiled_parts_match_eager(models_dir, sample, tmp_path, monkeypatch):
-    """The part models' refit: CalcParams, then the rounds of all groups' scales as one package
-    (stacked eyes: one set of tables for both members' views; padded frames, per-face sigma); and
-    the validator's warp."""
+    """The parts' refit as one package: their CalcParams (a loop in the graph), their rounds
+    (stacked eyes: one set of tables for both members' views; padded frames, per-face sigma), the
+    face's CalcParams; and the validator's warp."""
     monkeypatch.setattr(compiling, "_runners", {})
     images, face_boxes = sample
     config = dict(CONFIG, refine_hierarchical=True, validate=True)
@@ -78,17 +78,17 @@ def test_compiled_parts_match_eager(models_dir, sample, tmp_path, monkeypatch):
     assert (found.landmarks - expected.landmarks).norm(dim=-1).max() < 1e-6
     assert torch.equal(found.confidence, expected.confidence) and bool(found.success.all())
     packages = {p.name.split("-")[0] for p in (tmp_path / "compiled").iterdir()}
-    assert packages == {"fit_ccnf_scales", "calc_params", "joint_part_rounds", "warped_features"}
+    assert packages == {"fit_ccnf_scales", "refit_parts_jointly", "warped_features"}
 
 
 def test_the_parts_settings_name_their_package(models_dir, sample, tmp_path, monkeypatch):
-    """The parts' rounds read their configs inside the package: another part setting is another
-    package, never the first one's (run uncompiled here, the packages' names recorded)."""
-    names = []
+    """The parts' refit and rounds read the parts' configs inside their packages: another part
+    setting is another package, never the first one's (run uncompiled here, the names recorded)."""
+    names = {"refit_parts_jointly": [], "joint_part_rounds": []}
 
     def eager(function, template, tensors, modules, signature, dims):
-        if function.__name__ == "joint_part_rounds":
-            names.append("\n".join(signature))
+        if function.__name__ in names:
+            names[function.__name__].append("\n".join(signature))
         return lambda inputs: tuple(function(*compiling._rebuild(template, inputs, modules)))
 
     monkeypatch.setattr(compiling, "_runner", eager)
@@ -98,7 +98,28 @@ def test_the_parts_settings_name_their_package(models_dir, sample, tmp_path, mon
         config = FitConfig(compile=True, **dict(CONFIG, refine_hierarchical=True), parts=parts)
         model = torch_clnf.load_model(models=models_dir, cache=tmp_path, config=config, detector=False)
         model.fit(images[:1], face_boxes[:1], multi_view=False)
-    assert len(names) == 2 and names[0] != names[1]
+    for found in names.values():
+        assert len(found) == 2 and found[0] != found[1]
+
+
+def test_packages_get_contiguous_inputs(tmp_path, monkeypatch):
+    """A package's kernels read its inputs with the strides it was compiled for: compiled on a
+    contiguous tensor, it must also be right when given a strided view (one package for both)."""
+    monkeypatch.setattr(compiling, "_runners", {})
+    compiling.set_package_dir(tmp_path)
+    try:
+        def shifted(x):
+            return (x + x[:, :1],)
+
+        xyz = torch.arange(24.0).reshape(4, 6)
+        strided = xyz[:, ::2]                                          # (4, 3), strides (6, 2)
+        run = compiling.compiled_function(shifted)
+        with pytest.warns(compiling.CompilingWarning):
+            assert torch.equal(run(strided.contiguous())[0], shifted(strided)[0])
+        assert torch.equal(run(strided)[0], shifted(strided)[0])
+        assert len(list(tmp_path.iterdir())) == 1 and not compiling._broken
+    finally:
+        compiling.set_package_dir(None)
 
 
 def test_a_damaged_package_is_compiled_again(tmp_path, monkeypatch):

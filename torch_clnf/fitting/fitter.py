@@ -208,8 +208,21 @@ class ModelFitter(nn.Module):
         Parts are independent of each other (each starts from the face's landmarks); a group of
         stackable parts (the eyes) is one fit of all its parts of all faces, and a batch of at
         most :attr:`joint_parts_max_faces` faces refits all its groups as one padded batch
-        (:mod:`.parts`).
+        (:mod:`.parts`); with ``FitConfig.compile``, all of it is one package (:func:`refit_parts_jointly`).
         """
+        batch = state.landmarks.shape[0]
+        joint = self.joint_parts
+        if (self.config.compile and joint is not None and batch <= self.joint_parts_max_faces
+                and not torch.compiler.is_compiling() and all(f._compiled(*f.experts) for f in joint._fitters)):
+            joint._prepare(batch)              # (what the package keeps: made before it is traced)
+            settings = tuple((repr(f.config), tuple(f.patch_scales)) for f in [self, *self.parts])
+            return compiled_function(refit_parts_jointly, lambda t: FitState(*t), dynamic={2: (1, 2)})(
+                self, settings, padded, image_index, state, active)
+        return self._refine_parts(padded, image_index, state, active)
+
+    def _refine_parts(self, padded: torch.Tensor, image_index: torch.Tensor, state: FitState,
+                      active: torch.Tensor) -> FitState:
+        """:meth:`refine_parts`, step by step."""
         landmarks = state.landmarks.clone()
         batch = landmarks.shape[0]
         groups = [self._group_fitter(group) for group in self.part_groups]
@@ -323,6 +336,21 @@ def fit_ccnf_scales(pdm: PointDistributionModel, padded: torch.Tensor, image_ind
             pdm, params_global, params_local, frame, sigma, reg, iterations, convergence, kde_step, shape_sigmas,
             min_scale, active, success, likelihood)
     return MainFit(params_global, params_local, success, likelihood, view)
+
+
+def refit_parts_jointly(fitter: ModelFitter, settings: tuple, padded: torch.Tensor, image_index: torch.Tensor,
+                        state: FitState, active: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """:meth:`ModelFitter.refine_parts` with the parts refitted jointly, what ``FitConfig.compile``
+    runs as one package per model and batch size (the images' height and width its variables): the
+    parts' CalcParams (its loop inside), their rounds of scales, the landmarks written back and the
+    face's CalcParams. ``settings``, the configs and patch scales of the fitter and its parts (which
+    the refit reads), name the package.
+
+    Returns:
+        the fields of the refined :class:`FitState`, in order.
+    """
+    state = fitter._refine_parts(padded, image_index, FitState(*vars(state).values()), active)
+    return tuple(vars(state).values())
 
 
 def _frame_and_view(out: tuple[torch.Tensor, ...]) -> tuple[ResponseFrame, torch.Tensor]:

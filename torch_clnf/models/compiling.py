@@ -1,7 +1,8 @@
 """Ahead-of-time compiled fitting loops (``FitConfig(compile=True)``): AOTInductor packages on disk.
 
-The functions compiled here (a scale's response maps from the image, an NU-RLMS phase, a block of
-CalcParams steps) read nothing back on the host. Each distinct call of one — its Python arguments,
+The functions compiled here (the scales of a fit, the parts' refit with the loops of its CalcParams,
+the validator's warp) read nothing back on the host; a loop that stops when every face has converged
+is a ``while_loop`` inside the graph. Each distinct call of one — its Python arguments,
 the shapes (but for the dimensions declared variable, such as an image's height and width), dtypes
 and device of its tensors, and the tensors of the model it is given — is exported (``torch.export``)
 and compiled by AOTInductor into a package of fused kernels with a C++ launcher: one call instead
@@ -31,6 +32,7 @@ from torch import nn
 
 F = TypeVar("F", bound=Callable)
 
+PACKAGE_FORMAT = "2: contiguous inputs"      # part of every package's name: how packages are called
 _directory: Path | None = None
 _runners: dict[str, Callable] = {}          # package name → its loaded kernels' launcher (a list of tensors in, out)
 _compiled: dict[Callable, Callable] = {}
@@ -182,7 +184,9 @@ def _flatten(value: Any, tensors: list[torch.Tensor], modules: list[nn.Module], 
         return seen[id(value)]
     if isinstance(value, torch.Tensor):
         found = seen[id(value)] = ("tensor", len(tensors))
-        tensors.append(value)
+        # contiguous: a package's kernels read its inputs with the strides it was compiled for (a
+        # package compiled on contiguous landmarks read a strided view of them 1,300 px off)
+        tensors.append(value.contiguous())
         shape = tuple("*" if d in variable else size for d, size in enumerate(value.shape))
         signature.append(f"tensor {shape} {value.dtype} {value.device.type}")
     elif isinstance(value, nn.Module):
@@ -246,8 +250,8 @@ def _environment_key() -> str:
         package = Path(__file__).resolve().parents[1]
         sources = [*package.glob("models/*.py"), *package.glob("fitting/*.py"), *package.glob("detect/*.py")]
         sources = sorted(s for s in sources if s.name != "compiling.py")          # (this file: not in a package)
-        _environment = " ".join([torch.__version__, torch.backends.cpu.get_cpu_capability(), platform.machine(),
-                                 platform.python_version(), source_hash(sources)])
+        _environment = " ".join([PACKAGE_FORMAT, torch.__version__, torch.backends.cpu.get_cpu_capability(),
+                                 platform.machine(), platform.python_version(), source_hash(sources)])
     return _environment
 
 
