@@ -347,4 +347,3 @@ def test_compile_command_compiles_what_fits_and_tracking_run(models_dir, tmp_pat
     assert "2 face(s)" in out and f"0 new packages in {tmp_path / 'compiled'}" in out
     assert {("fit_ccnf_scales", 1), ("fit_ccnf_scales", 2), ("fit_ccnf_scales", 11), ("fit_ccnf_scales", 22),
             ("refit_parts_jointly", 1), ("refit_parts_jointly", 2), ("_calc_params", 1)} <= calls   # main fits, parts
-    assert ("joint_part_rounds", 3) in calls                                   # one face's three parts

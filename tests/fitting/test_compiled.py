@@ -82,9 +82,9 @@ def test_compiled_parts_match_eager(models_dir, sample, tmp_path, monkeypatch):
 
 
 def test_the_parts_settings_name_their_package(models_dir, sample, tmp_path, monkeypatch):
-    """The parts' refit and rounds read the parts' configs inside their packages: another part
-    setting is another package, never the first one's (run uncompiled here, the names recorded)."""
-    names = {"refit_parts_jointly": [], "joint_part_rounds": []}
+    """The parts' refit reads the parts' configs inside its package: another part setting is
+    another package, never the first one's (run uncompiled here, the names recorded)."""
+    names = {"refit_parts_jointly": []}
 
     def eager(function, template, tensors, modules, signature, dims):
         if function.__name__ in names:

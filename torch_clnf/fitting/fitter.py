@@ -211,10 +211,9 @@ class ModelFitter(nn.Module):
         (:mod:`.parts`); with ``FitConfig.compile``, all of it is one package (:func:`refit_parts_jointly`).
         """
         batch = state.landmarks.shape[0]
-        joint = self.joint_parts
-        if (self.config.compile and joint is not None and batch <= self.joint_parts_max_faces
-                and not torch.compiler.is_compiling() and all(f._compiled(*f.experts) for f in joint._fitters)):
-            joint._prepare(batch)              # (what the package keeps: made before it is traced)
+        if (self.config.compile and self._refits_jointly(batch) and not torch.compiler.is_compiling()
+                and all(f._compiled(*f.experts) for f in self.joint_parts._fitters)):
+            self.joint_parts._prepare(batch)              # (what the package keeps: made before it is traced)
             settings = tuple((repr(f.config), tuple(f.patch_scales)) for f in [self, *self.parts])
             return compiled_function(refit_parts_jointly, lambda t: FitState(*t), dynamic={2: (1, 2)})(
                 self, settings, padded, image_index, state, active)
@@ -228,7 +227,7 @@ class ModelFitter(nn.Module):
         groups = [self._group_fitter(group) for group in self.part_groups]
         inputs = [self._part_input(group, fitter, state, active)
                   for group, fitter in zip(self.part_groups, groups)]
-        if self.joint_parts is not None and batch <= self.joint_parts_max_faces:
+        if self._refits_jointly(batch):
             fitted = self.joint_parts.fit(padded, image_index, inputs, compiled=self.config.compile)
         else:
             fitted = [self._refit_group(fitter, part, padded, image_index) for fitter, part in zip(groups, inputs)]
@@ -247,6 +246,10 @@ class ModelFitter(nn.Module):
             state.params_local = torch.where(keep, p, state.params_local)
             state.landmarks = self.pdm.project(state.params_global, state.params_local)
         return state
+
+    def _refits_jointly(self, batch: int) -> bool:
+        """Whether a batch of ``batch`` faces refits its part groups as one padded batch (:mod:`.parts`)."""
+        return self.joint_parts is not None and batch <= self.joint_parts_max_faces
 
     def _group_fitter(self, group: list[int]) -> "ModelFitter":
         """The fitter of a group of parts: the part's own, or the group's stacked one."""
@@ -297,7 +300,7 @@ def ccnf_frame(pdm: PointDistributionModel, padded: torch.Tensor, image_index: t
                member: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
     """:meth:`ModelFitter.responses` of CCNF experts with no host read, each face's view chosen and
     its experts gathered inside: what the compiled packages of ``FitConfig.compile`` run (see
-    :func:`fit_ccnf_scales`, :func:`~torch_clnf.fitting.parts.joint_part_rounds`).
+    :func:`fit_ccnf_scales`, :func:`refit_parts_jointly`).
 
     Returns:
         (B, n, w, w) maps, (B, n) visible, (B, n, 2) shape, (B, 2, 2) image-to-reference and

@@ -22,7 +22,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models import PointDistributionModel
-from ..models.compiling import compiled_function
 from ..models.constants import widest_float
 from ..models.stacking import StackedPDM, per_face_model
 from ..models.sync import syncs_cheaply
@@ -81,9 +80,8 @@ class JointParts(nn.Module):
             padded: (N, H + 4, W + 4) grey images (:func:`~torch_clnf.fitting.sampling.pad_images`).
             image_index: (B,) the image of each face.
             parts: one per group, in the order of the groups given at construction.
-            compiled: CalcParams as compiled blocks and the rounds as one compiled package
-                (``FitConfig.compile``; where a part's experts are not CCNF ones, its NU-RLMS
-                phases follow its own config).
+            compiled: CalcParams as its compiled package (``FitConfig.compile``; the rounds are
+                compiled as part of :func:`~torch_clnf.fitting.fitter.refit_parts_jointly`).
         Returns:
             per group, (M · B, 6) global and (M · B, m) local params of its own model.
         """
@@ -94,13 +92,7 @@ class JointParts(nn.Module):
         given = torch.cat([F.pad(p.given.flatten(0, 1), (0, points - p.given.shape[2])) for p in ordered])
         use = torch.cat([p.use for p in ordered])
         params_global, params_local = self.pdm.tiled(batch).params_from_landmarks(landmarks, given, compiled=compiled)
-        if compiled and all(fitter._compiled(*fitter.experts) for fitter in self._fitters):
-            self._prepare(batch)
-            settings = tuple((repr(fitter.config), tuple(fitter.patch_scales)) for fitter in self._fitters)
-            state = compiled_function(joint_part_rounds, ScaleFit._make, dynamic={3: (1, 2)})(
-                self, tuple(self._fitters), settings, padded, image_index, params_global, params_local, use)
-        else:
-            state = self._rounds(padded, image_index, params_global, params_local, use)
+        state = self._rounds(padded, image_index, params_global, params_local, use)
         fitted = [(state.params_global[self._rows(i, batch)], state.params_local[self._rows(i, batch), : self._modes(i)])
                   for i in range(len(self.order))]
         return [fitted[self.order.index(g)] for g in range(len(self.order))]
@@ -182,16 +174,6 @@ class JointParts(nn.Module):
         """(F, n, 1) 1 for the members' own points, 0 for padding, faces of the groups from ``first_group`` on."""
         index = self.pdm.member_index(batch)[self.first_member[first_group] * batch:]
         return self.pdm.points[index].unsqueeze(-1).to(self.pdm.mean_shape.dtype)
-
-
-def joint_part_rounds(joint: JointParts, fitters: tuple["ModelFitter", ...], settings: tuple,
-                      padded: torch.Tensor, image_index: torch.Tensor, params_global: torch.Tensor,
-                      params_local: torch.Tensor, use: torch.Tensor) -> ScaleFit:
-    """:meth:`JointParts._rounds`, what ``FitConfig.compile`` runs as one package per batch size
-    (the images' height and width its variables). The groups' ``fitters`` and their ``settings``
-    (configs and patch scales, which the rounds read) are passed along so that the package is named
-    after them: another config or model is another package."""
-    return joint._rounds(padded, image_index, params_global, params_local, use)
 
 
 def _shared_settings(fitter: "ModelFitter") -> FitConfig:
