@@ -285,7 +285,7 @@ def _compile(args: argparse.Namespace) -> int:
 
     from .fitting import FitConfig
     from .landmark_model import load_model
-    from .models.compiling import package_dir
+    from .models.compiling import UNUSED_DAYS, package_dir
 
     start = time.perf_counter()
     model = load_model(args.model, args.models, device=args.device, cache=args.cache, detector=not args.no_validator,
@@ -300,9 +300,12 @@ def _compile(args: argparse.Namespace) -> int:
             fitted = model.fit([image] * faces, boxes, multi_view=multi_view)
         model.track([image] * faces, fitted)                 # (as many videos in lockstep)
         print(f"{faces} face(s): fit from boxes (single start and 11 head rotations) and tracking compiled")
-    made = set(package_dir().glob("*.pt2")) - before
-    print(f"{len(made)} new packages in {package_dir()} ({time.perf_counter() - start:.0f} s); fits with --compile "
-          "(FitConfig(compile=True)) load them in milliseconds")
+    after = set(package_dir().glob("*.pt2"))
+    print(f"{len(after - before)} new packages in {package_dir()} ({time.perf_counter() - start:.0f} s); fits with "
+          "--compile (FitConfig(compile=True)) load them in milliseconds")
+    if before - after:
+        print(f"{len(before - after)} packages of other torch_clnf or torch versions, unused for "
+              f"{UNUSED_DAYS} days, removed")
     return 0
 
 

@@ -14,13 +14,16 @@ some 10–40 s on a small CPU (``torch-clnf compile`` does it ahead of time). Wh
 
 A package's name is a hash of the call and of everything its kernels depend on: the torch version,
 the CPU's vector instructions (kernels built for AVX-512 do not run on an AVX2 machine), the device
-and the source files of torch_clnf's models, fitting and detection.
+and the source files of torch_clnf's models, fitting and detection. Packages of another such
+environment are removed once unused for :data:`UNUSED_DAYS` days (:func:`prune_packages`).
 """
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
+import re
+import time
 import tempfile
 import warnings
 import weakref
@@ -33,6 +36,9 @@ from torch import nn
 F = TypeVar("F", bound=Callable)
 
 PACKAGE_FORMAT = "2: contiguous inputs"      # part of every package's name: how packages are called
+UNUSED_DAYS = 14                             # another environment's package not loaded for this long is pruned
+_PACKAGE_NAME = re.compile(r"[a-z0-9_]+-(?:([0-9a-f]{8})-)?[0-9a-f]{32}\.pt2")     # (its environment's tag)
+_PARTIAL_NAME = re.compile(r"tmp[A-Za-z0-9_]+\.pt2")        # (a compile's file before its rename)
 _directory: Path | None = None
 _runners: dict[str, Callable] = {}          # package name → its loaded kernels' launcher (a list of tensors in, out)
 _compiled: dict[Callable, Callable] = {}
@@ -116,23 +122,63 @@ def _launch(runner: Callable, tensors: list[torch.Tensor]) -> list[torch.Tensor]
 def _runner(function: Callable, template: Any, tensors: list[torch.Tensor], modules: list[nn.Module],
             signature: list[str], dims: dict[int, tuple[int, ...]]) -> Callable:
     """The loaded package of this call: from memory, from disk, or compiled now and saved."""
-    name = hashlib.sha256("\n".join([_environment_key(), function.__module__, function.__qualname__, *signature])
-                          .encode()).hexdigest()[:32]
-    runner = _runners.get(name)
+    path = _package_path(function, signature)
+    runner = _runners.get(path.name)
     if runner is None:
-        path = package_dir() / f"{function.__name__.strip('_')}-{name}.pt2"
         if path.is_file():
             try:
                 runner = torch._inductor.aoti_load_package(str(path)).loader.boxed_run
             except Exception:                              # noqa: BLE001 (a damaged file: compiled again)
                 path.unlink(missing_ok=True)
+            else:
+                _mark_used(path)
         if runner is None:
             warnings.warn(f"compiling the fit's loops for a new shape, once (10-40 s each on a small CPU); kept in "
                           f"{path.parent}", CompilingWarning, stacklevel=4)
             _compile(_Call(function, template, modules), tuple(tensors), path, dims)
             runner = torch._inductor.aoti_load_package(str(path)).loader.boxed_run
-        _runners[name] = runner
+            prune_packages(path.parent)
+        _runners[path.name] = runner
     return runner
+
+
+def _package_path(function: Callable, signature: list[str]) -> Path:
+    """Where the package of a call of ``function`` (its arguments described by ``signature``) is
+    kept: named after the function, the environment's tag and a hash of both."""
+    name = hashlib.sha256("\n".join([_environment_key(), function.__module__, function.__qualname__, *signature])
+                          .encode()).hexdigest()[:32]
+    return package_dir() / f"{function.__name__.strip('_')}-{_environment_tag()}-{name}.pt2"
+
+
+def prune_packages(folder: str | Path | None = None, unused_days: float = UNUSED_DAYS) -> tuple[int, int]:
+    """Remove from ``folder`` (default :func:`package_dir`) the packages made for another
+    environment (older torch_clnf sources, another torch, CPU or Python: see
+    :func:`_environment_key`) that no process has loaded for ``unused_days`` days, and compiles'
+    partial files a day old (left by a killed process); called whenever a package is made, so that
+    the cache does not only grow. This environment's packages are kept, and only files named as
+    this module names them are touched. Returns the number of files removed and their bytes."""
+    folder = Path(folder) if folder is not None else package_dir()
+    now, ours = time.time(), _environment_tag()
+    removed, freed = 0, 0
+    for path in folder.glob("*.pt2") if folder.is_dir() else ():
+        package, partial = _PACKAGE_NAME.fullmatch(path.name), _PARTIAL_NAME.fullmatch(path.name)
+        try:
+            info = path.stat()
+            age = now - info.st_mtime
+            if (package and package[1] != ours and age > unused_days * 86400) or (partial and age > 86400):
+                path.unlink()
+                removed, freed = removed + 1, freed + info.st_size
+        except OSError:                        # (removed by another process meanwhile, or not ours to remove)
+            continue
+    return removed, freed
+
+
+def _mark_used(path: Path) -> None:
+    """Set a loaded package's modification time to now (:func:`prune_packages` keeps it)."""
+    try:
+        os.utime(path)
+    except OSError:                            # (a read-only cache: nothing is pruned there either)
+        pass
 
 
 def _compile(call: nn.Module, tensors: tuple[torch.Tensor, ...], path: Path, dims: dict[int, tuple[int, ...]]) -> None:
@@ -253,6 +299,11 @@ def _environment_key() -> str:
         _environment = " ".join([PACKAGE_FORMAT, torch.__version__, torch.backends.cpu.get_cpu_capability(),
                                  platform.machine(), platform.python_version(), source_hash(sources)])
     return _environment
+
+
+def _environment_tag() -> str:
+    """8 hex digits of :func:`_environment_key`, in every package's file name (see :func:`prune_packages`)."""
+    return hashlib.sha256(_environment_key().encode()).hexdigest()[:8]
 
 
 def _cache_per_cpu_capability() -> None:

@@ -1,0 +1,64 @@
+"""The compiled packages' folder: packages of another environment (older sources, another torch or
+CPU) are pruned once unused for a while, this environment's are kept, a loaded package counts as
+used, and nothing but the packages' own files is ever removed."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+from torch_clnf.models import compiling
+
+DAY = 86400.0
+
+
+def _file(folder: Path, name: str, age_days: float) -> Path:
+    path = folder / name
+    path.write_bytes(b"x" * 100)
+    stamp = time.time() - age_days * DAY
+    os.utime(path, (stamp, stamp))
+    return path
+
+
+def test_prune_removes_other_environments_unused_packages_only(tmp_path):
+    ours = compiling._environment_tag()
+    other = "0" * 8 if ours != "0" * 8 else "1" * 8
+    digest = "a" * 32
+    kept = [
+        _file(tmp_path, f"fit_ccnf_scales-{ours}-{digest}.pt2", 400),           # this environment: never pruned
+        _file(tmp_path, f"fit_ccnf_scales-{other}-{digest}.pt2", 3),            # another, recently used
+        _file(tmp_path, "tmpab12cd_x.pt2", 0.5),                                # a compile under way
+        _file(tmp_path, "my_model.pt2", 400),                                   # not a package's name
+        _file(tmp_path, f"notes-{other}-{digest}.txt", 400),
+    ]
+    removed = [
+        _file(tmp_path, f"refit_parts_jointly-{other}-{digest}.pt2", 20),
+        _file(tmp_path, f"calc_params-{digest}.pt2", 20),                       # the untagged names of before
+        _file(tmp_path, "tmpzz91k2aa.pt2", 2),                                  # a killed compile's partial file
+    ]
+    assert compiling.prune_packages(tmp_path) == (3, 300)
+    assert all(p.exists() for p in kept) and not any(p.exists() for p in removed)
+    assert compiling.prune_packages(tmp_path / "missing") == (0, 0)
+
+
+def test_a_loaded_package_counts_as_used(tmp_path, monkeypatch):
+    """Loading a package from disk sets its time: a package in use is never the oldest."""
+    monkeypatch.setattr(compiling, "_runners", {})
+    monkeypatch.setattr(compiling, "_directory", tmp_path)
+
+    def doubled(x):
+        return (2 * x,)
+
+    x = torch.ones(3)
+    template, tensors, modules, signature = ("tuple", tuple, [None]), [x], [], ["tensor (3,) float32"]
+    path = compiling._package_path(doubled, signature)
+    assert path.parent == tmp_path and compiling._PACKAGE_NAME.fullmatch(path.name)
+    _file(tmp_path, path.name, 30)
+    loaded = SimpleNamespace(loader=SimpleNamespace(boxed_run=lambda inputs: [2 * inputs[0]]))
+    monkeypatch.setattr(torch._inductor, "aoti_load_package", lambda p: loaded)
+    runner = compiling._runner(doubled, template, tensors, modules, signature, {})
+    assert torch.equal(runner([x])[0], 2 * x)
+    assert time.time() - path.stat().st_mtime < 60
