@@ -294,12 +294,17 @@ def _compile(args: argparse.Namespace) -> int:
     # any image and box give every shape a fit of that many faces takes (the iterations run their full count)
     rng = np.random.default_rng(0)
     image = (rng.random((480, 640)) * 255).astype(np.uint8)
+    # the detector's five points (eyes, nose, mouth corners) in that box: a video's first frame starts
+    # one more hypothesis from them, a batch of 12 per face
+    points = np.array([[290, 220], [350, 220], [320, 260], [295, 300], [345, 300]], np.float32)
     for faces in args.batch:
         boxes = np.tile(np.array([[200.0, 120.0, 240.0, 240.0]], np.float32), (faces, 1))
         for multi_view in (False, True):
             fitted = model.fit([image] * faces, boxes, multi_view=multi_view)
+        model.fit([image] * faces, boxes, multi_view=True, points=np.tile(points, (faces, 1, 1)))
         model.track([image] * faces, fitted)                 # (as many videos in lockstep)
-        print(f"{faces} face(s): fit from boxes (single start and 11 head rotations) and tracking compiled")
+        print(f"{faces} face(s): fit from boxes (single start, 11 head rotations, and 12 with the detector's "
+              "points) and tracking compiled")
     after = set(package_dir().glob("*.pt2"))
     print(f"{len(after - before)} new packages in {package_dir()} ({time.perf_counter() - start:.0f} s); fits with "
           "--compile (FitConfig(compile=True)) load them in milliseconds")
