@@ -335,7 +335,7 @@ def test_compile_command_compiles_what_fits_and_tracking_run(models_dir, tmp_pat
 
     calls = set()
 
-    def eager(function, template, tensors, modules, signature, dims):
+    def eager(function, template, tensors, modules, signature, dims, prepare=None):
         params = [t for t in tensors if t.dim() == 2 and t.shape[1] == 6]        # (B, 6) global params
         calls.add((function.__name__, (params or tensors)[0].shape[0]))
         return lambda inputs: tuple(function(*compiling._rebuild(template, inputs, modules)))

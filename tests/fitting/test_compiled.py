@@ -86,7 +86,7 @@ def test_the_parts_settings_name_their_package(models_dir, sample, tmp_path, mon
     another package, never the first one's (run uncompiled here, the names recorded)."""
     names = {"refit_parts_jointly": []}
 
-    def eager(function, template, tensors, modules, signature, dims):
+    def eager(function, template, tensors, modules, signature, dims, prepare=None):
         if function.__name__ in names:
             names[function.__name__].append("\n".join(signature))
         return lambda inputs: tuple(function(*compiling._rebuild(template, inputs, modules)))

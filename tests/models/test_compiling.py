@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 from torch_clnf.models import compiling
@@ -62,3 +63,31 @@ def test_a_loaded_package_counts_as_used(tmp_path, monkeypatch):
     runner = compiling._runner(doubled, template, tensors, modules, signature, {})
     assert torch.equal(runner([x])[0], 2 * x)
     assert time.time() - path.stat().st_mtime < 60
+
+
+def test_prepare_runs_only_before_a_package_is_compiled(tmp_path, monkeypatch):
+    """``prepare`` makes what a package keeps as constants: once, before compiling; a loaded
+    package (this process or a later one) does not need it."""
+    prepared, compiled = [], []
+
+    def compile_fake(call, tensors, path, dims):
+        compiled.append(len(prepared))                     # prepared before it was compiled
+        path.write_bytes(b"package")
+
+    loaded = SimpleNamespace(loader=SimpleNamespace(boxed_run=lambda inputs: [inputs[0] * 3]))
+    monkeypatch.setattr(compiling, "_runners", {})
+    monkeypatch.setattr(compiling, "_directory", tmp_path)
+    monkeypatch.setattr(compiling, "_compile", compile_fake)
+    monkeypatch.setattr(torch._inductor, "aoti_load_package", lambda path: loaded)
+
+    def tripled(x, factor):
+        return (x * factor,)
+
+    run = compiling.compiled_function(tripled, prepare=lambda x, factor: prepared.append(factor))
+    x = torch.ones(2)
+    with pytest.warns(compiling.CompilingWarning):
+        assert torch.equal(run(x, 3)[0], 3 * x)
+    assert torch.equal(run(x, 3)[0], 3 * x)
+    monkeypatch.setattr(compiling, "_runners", {})          # a new process: loaded from the folder
+    assert torch.equal(run(x, 3)[0], 3 * x)
+    assert prepared == [3] and compiled == [1]

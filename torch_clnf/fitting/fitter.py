@@ -213,10 +213,9 @@ class ModelFitter(nn.Module):
         batch = state.landmarks.shape[0]
         if (self.config.compile and self._refits_jointly(batch) and not torch.compiler.is_compiling()
                 and all(f._compiled(*f.experts) for f in self.joint_parts._fitters)):
-            self.joint_parts._prepare(batch)              # (what the package keeps: made before it is traced)
-            settings = tuple((repr(f.config), tuple(f.patch_scales)) for f in [self, *self.parts])
-            return compiled_function(refit_parts_jointly, lambda t: FitState(*t), dynamic={2: (1, 2)})(
-                self, settings, padded, image_index, state, active)
+            return compiled_function(refit_parts_jointly, lambda t: FitState(*t), dynamic={2: (1, 2)},
+                                     prepare=_prepare_joint_refit)(
+                self, self._parts_settings(), padded, image_index, state, active)
         return self._refine_parts(padded, image_index, state, active)
 
     def _refine_parts(self, padded: torch.Tensor, image_index: torch.Tensor, state: FitState,
@@ -246,6 +245,16 @@ class ModelFitter(nn.Module):
             state.params_local = torch.where(keep, p, state.params_local)
             state.landmarks = self.pdm.project(state.params_global, state.params_local)
         return state
+
+    def _parts_settings(self) -> tuple:
+        """The configs (as text) and patch scales of the fitter and its parts, which name the
+        parts' refit package; made again only when a config is replaced."""
+        fitters = [self, *self.parts]
+        configs = tuple(f.config for f in fitters)
+        kept = self.__dict__.get("_kept_settings")
+        if kept is None or len(kept[0]) != len(configs) or any(a is not b for a, b in zip(kept[0], configs)):
+            kept = self._kept_settings = (configs, tuple((repr(f.config), tuple(f.patch_scales)) for f in fitters))
+        return kept[1]
 
     def _refits_jointly(self, batch: int) -> bool:
         """Whether a batch of ``batch`` faces refits its part groups as one padded batch (:mod:`.parts`)."""
@@ -354,6 +363,13 @@ def refit_parts_jointly(fitter: ModelFitter, settings: tuple, padded: torch.Tens
     """
     state = fitter._refine_parts(padded, image_index, FitState(*vars(state).values()), active)
     return tuple(vars(state).values())
+
+
+def _prepare_joint_refit(fitter: ModelFitter, settings: tuple, padded: torch.Tensor, image_index: torch.Tensor,
+                         state: FitState, active: torch.Tensor) -> None:
+    """What :func:`refit_parts_jointly`'s package keeps (the parts' tables and tiled models), made
+    before it is traced."""
+    fitter.joint_parts._prepare(state.landmarks.shape[0])
 
 
 def _frame_and_view(out: tuple[torch.Tensor, ...]) -> tuple[ResponseFrame, torch.Tensor]:

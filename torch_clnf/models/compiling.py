@@ -40,7 +40,7 @@ UNUSED_DAYS = 14                             # another environment's package not
 _PACKAGE_NAME = re.compile(r"[a-z0-9_]+-(?:([0-9a-f]{8})-)?[0-9a-f]{32}\.pt2")     # (its environment's tag)
 _PARTIAL_NAME = re.compile(r"tmp[A-Za-z0-9_]+\.pt2")        # (a compile's file before its rename)
 _directory: Path | None = None
-_runners: dict[str, Callable] = {}          # package name → its loaded kernels' launcher (a list of tensors in, out)
+_runners: dict[Any, Callable] = {}          # package name, or call, → its loaded kernels' launcher (tensors in, out)
 _compiled: dict[Callable, Callable] = {}
 _broken = False
 _environment: str | None = None
@@ -74,12 +74,15 @@ def compiling_failed() -> bool:
 
 
 def compiled_function(function: F, returns: Callable[[tuple], Any] = tuple,
-                      dynamic: dict[int, tuple[int, ...]] | None = None) -> F:
+                      dynamic: dict[int, tuple[int, ...]] | None = None,
+                      prepare: Callable[..., None] | None = None) -> F:
     """``function`` run from AOTInductor packages, one per distinct call (compiled on its first
     call, or loaded from :func:`package_dir`); ``returns`` rebuilds its result from the package's
     tuple of tensors (a function returning one tensor gives a tuple of it). ``dynamic`` maps the
     positions of tensor arguments to their dimensions whose sizes are the package's variables
-    (e.g. an image's height and width): calls that differ only there share a package. Called
+    (e.g. an image's height and width): calls that differ only there share a package. ``prepare``,
+    given the call's arguments, makes what the package should hold as constants (caches that the
+    function would otherwise compute from traced tensors), just before a package is compiled. Called
     while another compiled function is being traced, ``function`` itself (part of that package);
     after a compilation error anywhere, ``function`` itself, for good."""
     if function not in _compiled:
@@ -100,7 +103,8 @@ def compiled_function(function: F, returns: Callable[[tuple], Any] = tuple,
                     items.append(_flatten(arg, tensors, modules, signature, seen, variable.get(position, ())))
                 template = ("tuple", tuple, items)
                 try:
-                    runner = _runner(function, template, tensors, modules, signature, dims)
+                    before = (lambda: prepare(*args)) if prepare is not None else None
+                    runner = _runner(function, template, tensors, modules, signature, dims, before)
                 except Exception as err:                   # noqa: BLE001 (any export or compiler failure)
                     _broken = True
                     warnings.warn(f"compiling failed, the fit runs uncompiled: {type(err).__name__}: {err}",
@@ -120,8 +124,14 @@ def _launch(runner: Callable, tensors: list[torch.Tensor]) -> list[torch.Tensor]
 
 
 def _runner(function: Callable, template: Any, tensors: list[torch.Tensor], modules: list[nn.Module],
-            signature: list[str], dims: dict[int, tuple[int, ...]]) -> Callable:
-    """The loaded package of this call: from memory, from disk, or compiled now and saved."""
+            signature: list[str], dims: dict[int, tuple[int, ...]], prepare: Callable[[], None] | None = None
+            ) -> Callable:
+    """The loaded package of this call: from memory, from disk, or compiled now (``prepare``
+    called first) and saved."""
+    call = (function, package_dir(), *signature)
+    runner = _runners.get(call)
+    if runner is not None:
+        return runner
     path = _package_path(function, signature)
     runner = _runners.get(path.name)
     if runner is None:
@@ -135,10 +145,13 @@ def _runner(function: Callable, template: Any, tensors: list[torch.Tensor], modu
         if runner is None:
             warnings.warn(f"compiling the fit's loops for a new shape, once (10-40 s each on a small CPU); kept in "
                           f"{path.parent}", CompilingWarning, stacklevel=4)
+            if prepare is not None:
+                prepare()
             _compile(_Call(function, template, modules), tuple(tensors), path, dims)
             runner = torch._inductor.aoti_load_package(str(path)).loader.boxed_run
             prune_packages(path.parent)
         _runners[path.name] = runner
+    _runners[call] = runner             # (the next call's lookup: no hashing)
     return runner
 
 
@@ -239,18 +252,24 @@ def _flatten(value: Any, tensors: list[torch.Tensor], modules: list[nn.Module], 
         found = seen[id(value)] = ("module", len(modules))
         modules.append(value)
         signature.append(f"module {type(value).__qualname__} {_digest(value)}")
+    elif _plain(value):                        # (a value, or a tuple of them, however nested: one entry)
+        signature.append(repr(value))
+        found = ("value", value)
     elif isinstance(value, tuple):
         signature.append(f"tuple {type(value).__qualname__} {len(value)}")
         found = ("tuple", type(value), [_flatten(v, tensors, modules, signature, seen) for v in value])
-    elif value is None or isinstance(value, (bool, int, float, str, torch.dtype)):
-        signature.append(repr(value))
-        found = ("value", value)
     else:
         public = {k: v for k, v in vars(value).items() if not k.startswith("_")}
         signature.append(f"object {type(value).__qualname__} {sorted(public)}")
         found = ("object", type(value), {k: _flatten(v, tensors, modules, signature, seen) for k, v in public.items()},
                  [k for k in vars(value) if k.startswith("_")])
     return found
+
+
+def _plain(value: Any) -> bool:
+    """Whether ``value`` is a Python value (None, bool, number, string, dtype) or a plain tuple of them."""
+    return (value is None or isinstance(value, (bool, int, float, str, torch.dtype))
+            or (type(value) is tuple and all(_plain(v) for v in value)))
 
 
 def _rebuild(template: Any, tensors: tuple[torch.Tensor, ...], modules: list[nn.Module]) -> Any:
