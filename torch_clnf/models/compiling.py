@@ -23,8 +23,8 @@ import hashlib
 import logging
 import os
 import re
-import time
 import tempfile
+import time
 import warnings
 import weakref
 from pathlib import Path
