@@ -309,8 +309,8 @@ def _compile(args: argparse.Namespace) -> int:
     print(f"{len(after - before)} new packages in {package_dir()} ({time.perf_counter() - start:.0f} s); fits with "
           "--compile (FitConfig(compile=True)) load them in milliseconds")
     if before - after:
-        print(f"{len(before - after)} packages of other torch_clnf or torch versions, unused for "
-              f"{UNUSED_DAYS} days, removed")
+        print(f"{len(before - after)} files removed: packages of other torch_clnf or torch versions unused for "
+              f"{UNUSED_DAYS} days, partial files of killed compiles")
     return 0
 
 

@@ -84,11 +84,11 @@ def test_compiled_parts_match_eager(models_dir, sample, tmp_path, monkeypatch):
 def test_the_parts_settings_name_their_package(models_dir, sample, tmp_path, monkeypatch):
     """The parts' refit reads the parts' configs inside its package: another part setting is
     another package, never the first one's (run uncompiled here, the names recorded)."""
-    names = {"refit_parts_jointly": []}
+    names = []
 
     def eager(function, template, tensors, modules, signature, dims, prepare=None):
-        if function.__name__ in names:
-            names[function.__name__].append("\n".join(signature))
+        if function.__name__ == "refit_parts_jointly":
+            names.append("\n".join(signature))
         return lambda inputs: tuple(function(*compiling._rebuild(template, inputs, modules)))
 
     monkeypatch.setattr(compiling, "_runner", eager)
@@ -98,8 +98,7 @@ def test_the_parts_settings_name_their_package(models_dir, sample, tmp_path, mon
         config = FitConfig(compile=True, **dict(CONFIG, refine_hierarchical=True), parts=parts)
         model = torch_clnf.load_model(models=models_dir, cache=tmp_path, config=config, detector=False)
         model.fit(images[:1], face_boxes[:1], multi_view=False)
-    for found in names.values():
-        assert len(found) == 2 and found[0] != found[1]
+    assert len(names) == 2 and names[0] != names[1]
 
 
 def test_packages_get_contiguous_inputs(tmp_path, monkeypatch):

@@ -40,7 +40,7 @@ UNUSED_DAYS = 14                             # another environment's package not
 _PACKAGE_NAME = re.compile(r"[a-z0-9_]+-(?:([0-9a-f]{8})-)?[0-9a-f]{32}\.pt2")     # (its environment's tag)
 _PARTIAL_NAME = re.compile(r"tmp[A-Za-z0-9_]+\.pt2")        # (a compile's file before its rename)
 _directory: Path | None = None
-_runners: dict[Any, Callable] = {}          # package name, or call, → its loaded kernels' launcher (tensors in, out)
+_runners: dict[tuple, Callable] = {}        # call (function, signature) → its loaded package's launcher (tensors in, out)
 _compiled: dict[Callable, Callable] = {}
 _broken = False
 _environment: str | None = None
@@ -128,13 +128,10 @@ def _runner(function: Callable, template: Any, tensors: list[torch.Tensor], modu
             ) -> Callable:
     """The loaded package of this call: from memory, from disk, or compiled now (``prepare``
     called first) and saved."""
-    call = (function, package_dir(), *signature)
+    call = (function, *signature)         # (all the package's name hashes but the environment, fixed per process)
     runner = _runners.get(call)
-    if runner is not None:
-        return runner
-    path = _package_path(function, signature)
-    runner = _runners.get(path.name)
     if runner is None:
+        path = _package_path(function, signature)
         if path.is_file():
             try:
                 runner = torch._inductor.aoti_load_package(str(path)).loader.boxed_run
@@ -150,8 +147,7 @@ def _runner(function: Callable, template: Any, tensors: list[torch.Tensor], modu
             _compile(_Call(function, template, modules), tuple(tensors), path, dims)
             runner = torch._inductor.aoti_load_package(str(path)).loader.boxed_run
             prune_packages(path.parent)
-        _runners[path.name] = runner
-    _runners[call] = runner             # (the next call's lookup: no hashing)
+        _runners[call] = runner
     return runner
 
 
