@@ -8,7 +8,6 @@ tests/tolerances.py); in float64 they do not, so the two must agree to 1e-6 px o
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import cv2
 import pytest
@@ -121,6 +120,30 @@ def test_packages_get_contiguous_inputs(tmp_path, monkeypatch):
         compiling.set_package_dir(None)
 
 
+def test_a_new_process_runs_a_package_without_the_compiler(tmp_path, monkeypatch):
+    """Loading a package is the C++ loader's work alone: a process that runs one imports neither
+    TorchInductor nor Dynamo (their import and CPU probes cost a tracked video 2.5 s at its start)."""
+    import subprocess
+    import sys
+
+    monkeypatch.setattr(compiling, "_runners", {})
+    compiling.set_package_dir(tmp_path)
+    try:
+        def halved(x):
+            return (x / 2,)
+
+        with pytest.warns(compiling.CompilingWarning):
+            compiling.compiled_function(halved)(torch.ones(3))
+    finally:
+        compiling.set_package_dir(None)
+    (package,) = tmp_path.iterdir()
+    code = ("import sys, torch\nfrom torch_clnf.models import compiling\n"
+            f"(y,) = compiling._load({str(package)!r})([torch.arange(3.0)])\n"
+            "print(y.tolist(), 'torch._inductor' in sys.modules, 'torch._dynamo' in sys.modules)")
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert found.stdout.split("\n")[-2] == "[0.0, 0.5, 1.0] False False"
+
+
 def test_a_damaged_package_is_compiled_again(tmp_path, monkeypatch):
     """A truncated package file in the cache is replaced, not a reason to stop compiling."""
     compiled = []
@@ -132,11 +155,11 @@ def test_a_damaged_package_is_compiled_again(tmp_path, monkeypatch):
     def load_fake(path):
         if Path(path).read_bytes() != b"package":
             raise RuntimeError("not a zip file")
-        return SimpleNamespace(loader=SimpleNamespace(boxed_run=lambda tensors: (tensors[0] + 1,)))
+        return lambda tensors: (tensors[0] + 1,)
 
     monkeypatch.setattr(compiling, "_runners", {})
     monkeypatch.setattr(compiling, "_compile", compile_fake)
-    monkeypatch.setattr(compiling.torch._inductor, "aoti_load_package", load_fake)
+    monkeypatch.setattr(compiling, "_load", load_fake)
     compiling.set_package_dir(tmp_path)
     try:
         def plus_one(x):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -58,8 +57,7 @@ def test_a_loaded_package_counts_as_used(tmp_path, monkeypatch):
     path = compiling._package_path(doubled, signature)
     assert path.parent == tmp_path and compiling._PACKAGE_NAME.fullmatch(path.name)
     _file(tmp_path, path.name, 30)
-    loaded = SimpleNamespace(loader=SimpleNamespace(boxed_run=lambda inputs: [2 * inputs[0]]))
-    monkeypatch.setattr(torch._inductor, "aoti_load_package", lambda p: loaded)
+    monkeypatch.setattr(compiling, "_load", lambda p: lambda inputs: [2 * inputs[0]])
     runner = compiling._runner(doubled, template, tensors, modules, signature, {})
     assert torch.equal(runner([x])[0], 2 * x)
     assert time.time() - path.stat().st_mtime < 60
@@ -74,11 +72,10 @@ def test_prepare_runs_only_before_a_package_is_compiled(tmp_path, monkeypatch):
         compiled.append(len(prepared))                     # prepared before it was compiled
         path.write_bytes(b"package")
 
-    loaded = SimpleNamespace(loader=SimpleNamespace(boxed_run=lambda inputs: [inputs[0] * 3]))
     monkeypatch.setattr(compiling, "_runners", {})
     monkeypatch.setattr(compiling, "_directory", tmp_path)
     monkeypatch.setattr(compiling, "_compile", compile_fake)
-    monkeypatch.setattr(torch._inductor, "aoti_load_package", lambda path: loaded)
+    monkeypatch.setattr(compiling, "_load", lambda path: lambda inputs: [inputs[0] * 3])
 
     def tripled(x, factor):
         return (x * factor,)

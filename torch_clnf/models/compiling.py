@@ -134,7 +134,7 @@ def _runner(function: Callable, template: Any, tensors: list[torch.Tensor], modu
         path = _package_path(function, signature)
         if path.is_file():
             try:
-                runner = torch._inductor.aoti_load_package(str(path)).loader.boxed_run
+                runner = _load(path)
             except Exception:                              # noqa: BLE001 (a damaged file: compiled again)
                 path.unlink(missing_ok=True)
             else:
@@ -145,10 +145,18 @@ def _runner(function: Callable, template: Any, tensors: list[torch.Tensor], modu
             if prepare is not None:
                 prepare()
             _compile(_Call(function, template, modules), tuple(tensors), path, dims)
-            runner = torch._inductor.aoti_load_package(str(path)).loader.boxed_run
+            runner = _load(path)
             prune_packages(path.parent)
         _runners[call] = runner
     return runner
+
+
+def _load(path: Path) -> Callable[[list[torch.Tensor]], list[torch.Tensor]]:
+    """The launcher of the package ``path`` (tensors in, tensors out), by AOTInductor's C++ loader
+    alone: ``torch._inductor.aoti_load_package`` would first import the compiler (1.4 s) and test
+    the CPU's vector instructions by compiling probes (1 s), which the package's name already
+    settles (:func:`_environment_key`)."""
+    return torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, -1).boxed_run
 
 
 def _package_path(function: Callable, signature: list[str]) -> Path:
