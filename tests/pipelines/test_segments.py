@@ -8,7 +8,7 @@ import pytest
 
 from torch_clnf.pipelines.assembly import SegmentRows, VideoAssembly, rows_path
 from torch_clnf.pipelines.frames import FrameReader, frame_digest
-from torch_clnf.pipelines.segments import Segment, segment_counts, split
+from torch_clnf.pipelines.segments import Segment, segment_counts, split, warmups_per_segment
 
 BITS, BLOCK = 12, 32                      # a frame's index as 12 blocks of 32 x 32 pixels, black or white
 
@@ -81,6 +81,11 @@ def test_segments_cover_the_video_with_warm_ups_and_margins(tmp_path):
     assert segment_counts([9000, 9000, 300], [True, False, True], slots=16, segments=None) == [8, 1, 1]
     assert segment_counts([9000, 300, 0], [True, True, True], slots=16, segments=3) == [3, 3, 1]
     assert segment_counts([9000], [True], slots=16, segments=1) == [1]
+    # compiled fits on a CPU: longer segments (lockstep gains them 1.3x, not 3x): a short video whole
+    compiled = warmups_per_segment(True)
+    assert segment_counts([288], [True], slots=8) == [7]
+    assert segment_counts([288], [True], slots=8, warmups=compiled) == [1]
+    assert segment_counts([9000], [True], slots=16, warmups=compiled) == [16]
 
 
 # the assembly, on rows files written here: 68 landmarks, 34 modes

@@ -22,6 +22,10 @@ WARMUP = 16
 MARGIN = 4           # frames read past the last at least: their digests check the next segment's frame numbers
 # a segment is at least this many warm-ups (and margins) long: the frames fitted twice stay below a half
 MIN_WARMUPS_PER_SEGMENT = 2
+# compiled fits (FitConfig.compile) on a CPU gain far less from lockstep (7 faces tracked 1.3x the
+# frames/s of one, uncompiled 3.1x: docs/speed.md), so their segments are longer: the frames fitted
+# twice stay below a tenth, and a short video is tracked whole
+MIN_WARMUPS_PER_SEGMENT_COMPILED = 10
 
 
 @dataclass(frozen=True)
@@ -62,8 +66,13 @@ def split(source: Path, video: int, frames: int, count: int, warmup: int = WARMU
     return segments
 
 
+def warmups_per_segment(compiled_on_cpu: bool) -> int:
+    """The shortest segment, in warm-ups, for a run of compiled fits on a CPU or of the others."""
+    return MIN_WARMUPS_PER_SEGMENT_COMPILED if compiled_on_cpu else MIN_WARMUPS_PER_SEGMENT
+
+
 def segment_counts(frames: list[int], seekable: list[bool], slots: int, segments: int | None = None,
-                   warmup: int = WARMUP, margin: int = MARGIN) -> list[int]:
+                   warmup: int = WARMUP, margin: int = MARGIN, warmups: int = MIN_WARMUPS_PER_SEGMENT) -> list[int]:
     """How many segments each source is cut into.
 
     Args:
@@ -72,10 +81,11 @@ def segment_counts(frames: list[int], seekable: list[bool], slots: int, segments
             camera or a pipe).
         slots: lockstep streams of the run in all (streams per process times processes).
         segments: a fixed count for every seekable source (1: sequential), or None: so many that
-            the run's jobs fill its slots, each at least ``MIN_WARMUPS_PER_SEGMENT`` warm-ups long.
+            the run's jobs fill its slots, each at least ``warmups`` warm-ups (and margins) long
+            (:func:`warmups_per_segment`).
     """
     if segments is not None:
         return [max(1, segments) if ok and n else 1 for n, ok in zip(frames, seekable)]
-    shortest = MIN_WARMUPS_PER_SEGMENT * (warmup + margin)
+    shortest = warmups * (warmup + margin)
     length = max(shortest, math.ceil(sum(frames) / max(1, slots)))
     return [max(1, round(n / length)) if ok and n else 1 for n, ok in zip(frames, seekable)]

@@ -31,7 +31,7 @@ from .assembly import AssemblySummary, SegmentRows, VideoAssembly, drawing_path,
 from .frames import Frame, FrameReader
 from .manifest import PART_END, RunManifest, manifest_folder, part_path, run_options
 from .outputs import output_stems
-from .segments import WARMUP, Segment, segment_counts, split
+from .segments import MIN_WARMUPS_PER_SEGMENT, WARMUP, Segment, segment_counts, split, warmups_per_segment
 from .tracker import FrameFit, Tracker, TrackingConfig, blend
 
 
@@ -268,12 +268,14 @@ class _Stream:
 
 
 def plan_jobs(sources: Sequence[Path], outputs: Sequence[Path], slots: int, segments: int | None = None,
-              warmup: int = WARMUP) -> tuple[list[Job], dict[int, tuple[list[Segment], float, int]]]:
+              warmup: int = WARMUP, warmups: int = MIN_WARMUPS_PER_SEGMENT
+              ) -> tuple[list[Job], dict[int, tuple[list[Segment], float, int]]]:
     """The jobs of a run: each source whole, or cut into segments (:func:`.segments.segment_counts`
-    over ``slots`` lockstep streams in all); and, per segmented source, its segments, frame rate and
-    frames."""
+    over ``slots`` lockstep streams in all, each at least ``warmups`` warm-ups long); and, per
+    segmented source, its segments, frame rate and frames."""
     described = [FrameReader.describe(source) for source in sources]
-    counts = segment_counts([d[0] for d in described], [d[2] for d in described], slots, segments, warmup)
+    counts = segment_counts([d[0] for d in described], [d[2] for d in described], slots, segments, warmup,
+                            warmups=warmups)
     jobs, segmented = [], {}
     for video, (source, output, (frames, fps, _), count) in enumerate(zip(sources, outputs, described, counts)):
         parts = split(source, video, frames, count, warmup) if count > 1 else [
@@ -307,7 +309,8 @@ def track_videos(sources: Sequence[str | Path], model: LandmarkModel, out_dir: s
             summary says where it stopped.
         outputs: each source's output path without its ends (default :func:`output_stems`).
         segments: segments per video file or image folder (1: each tracked from start to end, in
-            one stream); None: as many as keep the streams busy (:mod:`.segments`). A camera or a
+            one stream); None: as many as keep the streams busy (:mod:`.segments`; compiled fits
+            on a CPU in longer segments, so that a short video is tracked whole). A camera or a
             pipe is never cut.
         warmup: frames a segment tracks before its first (:data:`.segments.WARMUP`).
         force: track every video again, complete or not.
@@ -320,7 +323,8 @@ def track_videos(sources: Sequence[str | Path], model: LandmarkModel, out_dir: s
     all_outputs = list(outputs) if outputs is not None else output_stems(given, out_dir, output_ends(draw))
     run = resume(given, all_outputs, out_dir, model_options(model, tracking, draw), force)
     pending, outputs = [given[k] for k in run.todo], [all_outputs[k] for k in run.todo]
-    jobs, segmented = plan_jobs(pending, outputs, streams, segments, warmup)
+    compiled_on_cpu = model.config.compile and model.device.type == "cpu"
+    jobs, segmented = plan_jobs(pending, outputs, streams, segments, warmup, warmups_per_segment(compiled_on_cpu))
     pdm = model.fitter.pdm
     released = [False] * len(jobs)
     first_job = {job.segment.video: job.number for job in reversed(jobs)}

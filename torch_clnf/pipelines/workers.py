@@ -31,7 +31,7 @@ from .manifest import run_options
 from .tracker import TrackingConfig
 from .assembly import VideoAssembly
 from .outputs import output_stems
-from .segments import WARMUP
+from .segments import WARMUP, warmups_per_segment
 from .videos import (Event, Job, VideoSummary, output_ends, plan_jobs, progress_bar, resume,
                      run_jobs)
 
@@ -94,7 +94,8 @@ def track_videos_in_processes(sources: Sequence[str | Path], load: Callable[[], 
     points, modes, model = model_facts(load)
     run = resume(given, all_outputs, out_dir, run_options(*model, tracking or TrackingConfig(), draw), force)
     pending, outputs = [given[k] for k in run.todo], [all_outputs[k] for k in run.todo]
-    jobs, segmented = plan_jobs(pending, outputs, streams * max(1, workers), segments, warmup)
+    jobs, segmented = plan_jobs(pending, outputs, streams * max(1, workers), segments, warmup,
+                                warmups_per_segment(model[1].compile))             # (workers: CPU processes)
     shares = [[jobs[k] for k in share] for share in share_videos([job.frames for job in jobs], workers)]
     threads = threads or max(1, free_cores() // max(1, len(shares)))
     model_shape = (points, modes)
