@@ -1,5 +1,6 @@
 """Reading OpenFace's MTCNN networks: layer shapes, and damaged files named in the error."""
 import shutil
+import struct
 
 import pytest
 
@@ -40,3 +41,29 @@ def test_unknown_layer_type_and_bad_spec(tmp_path):
     (tmp_path / "MTCNN_detector.txt").write_text("PNet PNet.dat\nXNet X.dat\n")
     with pytest.raises(ModelFileError, match="line 2: expected '<PNet|RNet|ONet> <file>'"):
         read_mtcnn(tmp_path / "MTCNN_detector.txt")
+
+
+def _conv_bytes(kernels: list) -> bytes:
+    """A convolution layer's bytes after its type code: one input map, ``kernels`` as float32 matrices."""
+    import numpy as np
+
+    out = struct.pack("<ii", 1, len(kernels)) + np.arange(len(kernels), dtype="<f4").tobytes()       # bias
+    for kernel in kernels:
+        out += struct.pack("<iii", *kernel.shape, 5) + kernel.astype("<f4").tobytes()
+    return out
+
+
+def test_conv_kernels_are_read_at_once_and_a_kernel_that_differs_is_named(tmp_path):
+    import numpy as np
+
+    from torch_clnf.openface.binary import BinaryReader
+    from torch_clnf.openface.cnn import read_conv
+
+    kernels = [np.arange(9.0).reshape(3, 3) + 10 * k for k in range(3)]
+    layer = read_conv(BinaryReader(tmp_path / "conv.dat", _conv_bytes(kernels)), "layer 0 (conv)")
+    assert layer.weight.shape == (3, 1, 3, 3) and np.array_equal(layer.weight[:, 0], np.stack(kernels))
+    assert np.array_equal(layer.bias, [0, 1, 2])
+    kernels[2] = np.zeros((3, 2))                                        # the third kernel 3x2: named
+    with pytest.raises(ModelFileError, match=r"conv\.dat, byte \d+: layer 0 \(conv\) kernel \(input 0, output 2\): "
+                                             "expected 3 cols, found 2"):
+        read_conv(BinaryReader(tmp_path / "conv.dat", _conv_bytes(kernels)), "layer 0 (conv)")

@@ -82,6 +82,19 @@ class BinaryReader:
         start = self._take(rows * cols * dtype.itemsize, f"{what} ({rows}x{cols} {CV_TYPE_NAMES[code]})")
         return np.frombuffer(self.data, dtype, rows * cols, start).reshape(rows, cols).copy()
 
+    def matrices(self, count: int, rows: int, cols: int, cv_type: int) -> np.ndarray | None:
+        """``count`` consecutive matrices all ``rows`` x ``cols`` of ``cv_type``, read as one block:
+        (count, rows, cols), or None (nothing read) where the bytes are not exactly that (a reader
+        then reads them one by one, which names the first that differs)."""
+        record = np.dtype([("header", "<i4", 3), ("values", CV_TYPES[cv_type], (rows, cols))])
+        if count < 0 or self.offset + count * record.itemsize > len(self.data):
+            return None
+        block = np.frombuffer(self.data, record, count, self.offset)
+        if not bool((block["header"] == np.array([rows, cols, cv_type], "<i4")).all()):
+            return None
+        self.offset += count * record.itemsize
+        return block["values"].copy()
+
     def at_end(self) -> bool:
         return self.offset == len(self.data)
 

@@ -46,8 +46,22 @@ def read_conv(reader: BinaryReader, what: str) -> CNNLayer:
     maps_in = reader.count(f"{what} input maps", 1, 4096)
     kernels = reader.count(f"{what} kernels", 1, 4096)
     bias = read_float32s(reader, kernels, f"{what} bias")
+    first = reader.offset
+    kernel = reader.matrix(f"{what} kernel (input 0, output 0)", 5)
+    rest = reader.matrices(maps_in * kernels - 1, *kernel.shape, 5) if kernel.size else None
+    if rest is not None:                                # every kernel alike (the usual file): read at once
+        stored = np.concatenate([kernel[None], rest])
+    else:                                               # one by one, to name the kernel that differs
+        reader.offset = first
+        stored = _kernels_one_by_one(reader, what, maps_in, kernels)
+    weight = stored.reshape(maps_in, kernels, *kernel.shape).transpose(1, 0, 2, 3)     # input-major in the file
+    return CNNLayer("conv", np.ascontiguousarray(weight), bias)
+
+
+def _kernels_one_by_one(reader: BinaryReader, what: str, maps_in: int, kernels: int) -> np.ndarray:
+    """(maps_in · kernels, h, w) a convolution's kernels, each checked as it is read."""
     shape: tuple[int | None, int | None] = (None, None)
-    stored = []                                         # input-major, as in the file
+    stored = []
     for i in range(maps_in):
         for k in range(kernels):
             at = reader.offset
@@ -56,8 +70,7 @@ def read_conv(reader: BinaryReader, what: str) -> CNNLayer:
                 raise reader.error(f"{what}: expected a non-empty kernel, found {kernel.shape}", at)
             shape = kernel.shape
             stored.append(kernel)
-    weight = np.ascontiguousarray(np.stack(stored).reshape(maps_in, kernels, *shape).transpose(1, 0, 2, 3))
-    return CNNLayer("conv", weight, bias)
+    return np.stack(stored)
 
 
 def read_fully_connected(reader: BinaryReader, what: str) -> CNNLayer:
