@@ -36,13 +36,18 @@ def test_explicit_counts_win(auto, monkeypatch):
 def test_free_cores_are_the_cores_others_leave(auto, monkeypatch):
     """From /proc/stat's busy time minus this process's own: 1.5 cores busy elsewhere on 4 → 2 free."""
     assert 1 <= threads.free_cores() <= threads.allowed_cores()
-    meter = threads.CoreMeter()
     samples = iter([(0.0, 100.0, 10.0), (1.0, 102.0, 10.5)])            # (wall, busy CPU s, own CPU s)
     monkeypatch.setattr(threads, "_sample", lambda: next(samples))
+    meter = threads.CoreMeter()
     monkeypatch.setattr(threads, "_cpus", lambda: {0, 1, 2, 3})
     monkeypatch.setattr(threads, "allowed_cores", lambda: 4)
     monkeypatch.setattr(threads.time, "sleep", lambda seconds: None)
     assert meter.free() == 2
+    # a forked child measures afresh, its own CPU time counting from 0 (1 core busy, half of it its
+    # own: 3 free; against the parent's last sample, its own time would seem negative: 1 free)
+    samples = iter([(5.0, 110.0, 0.0), (6.0, 111.0, 0.5)])
+    monkeypatch.setattr(threads.os, "getpid", lambda: -1)
+    assert meter.free() == 3
 
 
 def test_a_model_call_sets_its_threads_and_restores_torchs(auto, models_dir, media_dir, tmp_path, monkeypatch):

@@ -35,6 +35,7 @@ PIXELS_PER_THREAD = 1_000_000
 CEN_FACE_WORK = 8
 THREADS_ENV = "TORCH_CLNF_THREADS"
 SAMPLE_SECONDS = 0.5          # how old a measurement of the free cores may be
+SHORTEST_INTERVAL = 0.1       # seconds a measurement of the free cores spans at least
 BUSY_SHARE = 0.2              # a core that other processes use more than this is not free
 
 _limit: int | None = None
@@ -90,17 +91,22 @@ class CoreMeter:
     """
 
     def __init__(self) -> None:
-        self._last: tuple[float, float | None, float] | None = None   # (wall s, busy CPU s or None, own CPU s)
+        # the first interval starts here (torch_clnf's meter: at import), so that a process's first
+        # call, after loading its model, rarely waits for it
+        self._last: tuple[float, float | None, float] = _sample()   # (wall s, busy CPU s or None, own CPU s)
         self._free: int | None = None
+        self._pid = os.getpid()
 
     def free(self) -> int:
         """Cores free for this process now (at least 1), from a measurement at most
-        :data:`SAMPLE_SECONDS` old; the first call measures for 0.1 s."""
+        :data:`SAMPLE_SECONDS` old, over at least :data:`SHORTEST_INTERVAL` (the first call
+        waits for what is left of it since the meter was made)."""
+        if self._pid != os.getpid():        # a forked child: its own CPU time counts from 0, start again
+            self.__init__()
         if self._free is not None and time.monotonic() - self._last[0] < SAMPLE_SECONDS:
             return self._free
-        if self._last is None:
-            self._last = _sample()
-            time.sleep(0.1)
+        if self._free is None:
+            time.sleep(max(0.0, SHORTEST_INTERVAL - (time.monotonic() - self._last[0])))
         now = _sample()
         wall, own = now[0] - self._last[0], now[2] - self._last[2]
         if now[1] is not None and self._last[1] is not None:
