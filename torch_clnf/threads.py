@@ -91,8 +91,11 @@ class CoreMeter:
     """
 
     def __init__(self) -> None:
-        # the first interval starts here (torch_clnf's meter: at import), so that a process's first
-        # call, after loading its model, rarely waits for it
+        self._start()
+
+    def _start(self) -> None:
+        """Begin the first interval now (torch_clnf's meter: at import), so that a process's first
+        call, after loading its model, rarely waits for it."""
         self._last: tuple[float, float | None, float] = _sample()   # (wall s, busy CPU s or None, own CPU s)
         self._free: int | None = None
         self._pid = os.getpid()
@@ -102,7 +105,7 @@ class CoreMeter:
         :data:`SAMPLE_SECONDS` old, over at least :data:`SHORTEST_INTERVAL` (the first call
         waits for what is left of it since the meter was made)."""
         if self._pid != os.getpid():        # a forked child: its own CPU time counts from 0, start again
-            self.__init__()
+            self._start()
         if self._free is not None and time.monotonic() - self._last[0] < SAMPLE_SECONDS:
             return self._free
         if self._free is None:
