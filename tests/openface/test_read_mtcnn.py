@@ -2,9 +2,12 @@
 import shutil
 import struct
 
+import numpy as np
 import pytest
 
 from torch_clnf.openface import ModelFileError
+from torch_clnf.openface.binary import BinaryReader
+from torch_clnf.openface.cnn import read_conv
 from torch_clnf.openface.mtcnn import read_cnn, read_mtcnn
 
 
@@ -45,8 +48,6 @@ def test_unknown_layer_type_and_bad_spec(tmp_path):
 
 def _conv_bytes(kernels: list) -> bytes:
     """A convolution layer's bytes after its type code: one input map, ``kernels`` as float32 matrices."""
-    import numpy as np
-
     out = struct.pack("<ii", 1, len(kernels)) + np.arange(len(kernels), dtype="<f4").tobytes()       # bias
     for kernel in kernels:
         out += struct.pack("<iii", *kernel.shape, 5) + kernel.astype("<f4").tobytes()
@@ -54,11 +55,6 @@ def _conv_bytes(kernels: list) -> bytes:
 
 
 def test_conv_kernels_are_read_at_once_and_a_kernel_that_differs_is_named(tmp_path):
-    import numpy as np
-
-    from torch_clnf.openface.binary import BinaryReader
-    from torch_clnf.openface.cnn import read_conv
-
     kernels = [np.arange(9.0).reshape(3, 3) + 10 * k for k in range(3)]
     layer = read_conv(BinaryReader(tmp_path / "conv.dat", _conv_bytes(kernels)), "layer 0 (conv)")
     assert layer.weight.shape == (3, 1, 3, 3) and np.array_equal(layer.weight[:, 0], np.stack(kernels))
