@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from openface_files import mat, write_cen_file
-from torch_clnf.models import CENExperts, sparse_positions
+from torch_clnf.models import CENExperts, cen, sparse_positions
 from torch_clnf.openface import read_cen
 
 pytestmark = pytest.mark.parity
@@ -136,3 +136,38 @@ def test_sparse_interpolation_layout():
     torch.testing.assert_close(interpolation.sum(0), torch.ones(25, dtype=torch.float64))
     # the corner (0, 0) is the mean of (0, 1) and (1, 0)
     assert interpolation[:, 0].nonzero().squeeze(1).tolist() == [0, 2]
+
+
+@pytest.fixture
+def large_written(tmp_path):
+    return write_cen_file(tmp_path / "cen_patches_0.50_of.dat", points=6, hidden=(500, 200, 100), scale=0.5)
+
+
+def test_bfloat16_layers_stay_near_the_exact_maps(large_written, monkeypatch):
+    """layer_dtype=bfloat16: weights and activations rounded to 8 significant bits, so maps (sigmoid
+    outputs in [0, 1]) move by a few 1e-3 at most, on every CPU (emulated where not native)."""
+    monkeypatch.setattr(cen, "_native_bfloat16_on_cpu", lambda: True)
+    areas = torch.from_numpy(np.random.default_rng(4).uniform(0, 255, (3, 6, 17, 17)))
+    for view in (torch.tensor([1, 1, 1]), torch.tensor([1, 2, 0])):          # one view; a view per face
+        exact = CENExperts(read_cen(large_written.path), torch.float64, sparse=True)(areas, view).maps
+        experts = CENExperts(read_cen(large_written.path), sparse=True, layer_dtype=torch.bfloat16)
+        assert experts.products_dtype() == torch.bfloat16
+        assert all(w.dtype == torch.bfloat16 for w, _ in experts.view_layers(1))
+        maps = experts(areas.float(), view).maps
+        assert maps.dtype == torch.float32
+        error = (maps.double() - exact).abs().max().item()
+        assert 1e-5 < error < 1e-2
+
+
+def test_bfloat16_layers_fall_back_to_float32_where_the_cpu_lacks_them(large_written, monkeypatch):
+    """Emulated bfloat16 products are several times slower than float32: such a CPU keeps float32
+    and says so once."""
+    monkeypatch.setattr(cen.torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(cen, "_warned_no_bfloat16", False)
+    areas = torch.from_numpy(np.random.default_rng(5).uniform(0, 255, (1, 6, 17, 17))).float()
+    view = torch.tensor([1])
+    experts = CENExperts(read_cen(large_written.path), sparse=True, layer_dtype=torch.bfloat16)
+    with pytest.warns(UserWarning, match="no native bfloat16"):
+        maps = experts(areas, view).maps
+    assert experts.products_dtype() == torch.float32
+    torch.testing.assert_close(maps, CENExperts(read_cen(large_written.path), sparse=True)(areas, view).maps)
