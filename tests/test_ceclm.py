@@ -70,3 +70,24 @@ def test_multi_view_stops_at_the_first_hypothesis_that_passes_early_termination(
     searched = model.fit(images, boxes(records), multi_view=True)
     torch.testing.assert_close(searched.landmarks, plain.landmarks, atol=1e-6, rtol=0)
     assert searched.success.tolist() == plain.success.tolist()
+
+
+def test_ceclm_with_bfloat16_layers_stays_near_the_float32_fit(ceclm_dir, media_dir, reference_dir, tmp_path,
+                                                               monkeypatch):
+    """FitConfig(cen_bfloat16=True): the CEN layers in bfloat16 (forced here on every CPU; where the CPU
+    lacks native bfloat16 products a real run keeps float32), landmarks near the float32 fit's."""
+    monkeypatch.setattr("torch_clnf.models.cen._native_bfloat16_on_cpu", lambda: True)
+    records = rows(reference_dir / "openface_cpp/images_default.csv")[:3]
+    images = [media_dir / r["file_or_frame"] for r in records]
+    exact = torch_clnf.load_model("main_ceclm_general.txt", models=ceclm_dir, cache=tmp_path)
+    fast = torch_clnf.load_model("main_ceclm_general.txt", models=ceclm_dir, cache=tmp_path,
+                                 config=torch_clnf.FitConfig(cen_bfloat16=True))
+    assert all(e.products_dtype() == torch.bfloat16 for e in fast.fitter.experts)
+    assert all(e.products_dtype() == torch.float32 for e in exact.fitter.experts)
+    expected = exact.fit(images, boxes(records), multi_view=False).landmarks
+    landmarks = fast.fit(images, boxes(records), multi_view=False).landmarks
+    assert landmarks.dtype == torch.float32
+    # these small random experts' flat maps make the fit ~10x more sensitive than full-size ones
+    # (docs/speed.md): 0.05-0.06 px median, 0.34-0.43 px at most under AVX-512 and AVX2 kernels
+    distance = (landmarks - expected).norm(dim=-1)
+    assert 0 < distance.max() < 1.5 and distance.median() < 0.2

@@ -1,6 +1,6 @@
 import pytest
 
-from torch_clnf.cli import main
+from torch_clnf.cli import _loader, build_parser, main
 
 
 def test_convert_prints_a_summary(models_dir, tmp_path, capsys):
@@ -350,3 +350,10 @@ def test_compile_command_compiles_what_fits_and_tracking_run(models_dir, tmp_pat
     assert {("fit_ccnf_scales", 1), ("fit_ccnf_scales", 2), ("fit_ccnf_scales", 11), ("fit_ccnf_scales", 22),
             ("fit_ccnf_scales", 12), ("fit_ccnf_scales", 24),                 # a video's first frame: the points too
             ("refit_parts_jointly", 1), ("refit_parts_jointly", 2), ("_calc_params", 1)} <= calls   # main fits, parts
+
+
+def test_model_options_reach_the_fit_settings():
+    args = build_parser().parse_args(["image", "x.jpg", "--cen-bfloat16", "--no-parts", "--compile"])
+    config = _loader(args).keywords["config"]
+    assert config.cen_bfloat16 and config.compile and not config.refine_hierarchical
+    assert not _loader(build_parser().parse_args(["video", "x.avi"])).keywords["config"].cen_bfloat16

@@ -63,7 +63,8 @@ class ModelFitter(nn.Module):
         self.config = config
         self.pdm = PointDistributionModel(model.pdm, dtype)
         if model.cen:
-            experts = [CENExperts(e, dtype, sparse=config.sparse) for e in model.cen]
+            layer_dtype = torch.bfloat16 if config.cen_bfloat16 else None
+            experts = [CENExperts(e, dtype, sparse=config.sparse, layer_dtype=layer_dtype) for e in model.cen]
         else:
             experts = [CCNFExperts(e, dtype) for e in model.ccnf]
         self.experts = nn.ModuleList(experts)

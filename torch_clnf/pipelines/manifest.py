@@ -27,6 +27,9 @@ MANIFEST = "torch_clnf_runs.jsonl"
 PART_END = ".part"       # a CSV being written: ``NAME.csv.part``
 # FitConfig fields that change how fast, not what, is computed
 _SPEED_ONLY = ("compile", "capture")
+# FitConfig fields added after runs were first recorded: left out at these defaults, so that the
+# records of earlier runs still match
+_ADDED_LATER = {"cen_bfloat16": False}
 
 
 def run_options(model: str, fit: Any, dtype: Any, tracking: Any, draw: bool) -> dict[str, Any]:
@@ -34,7 +37,8 @@ def run_options(model: str, fit: Any, dtype: Any, tracking: Any, draw: bool) -> 
     its dtype, the tracking settings (a ``TrackingConfig``) and whether drawings are written; as
     plain JSON values. Devices, threads, workers and segments are left out: they change the rows
     by float rounding only."""
-    fit_settings = {k: v for k, v in dataclasses.asdict(fit).items() if k not in _SPEED_ONLY}
+    fit_settings = {k: v for k, v in dataclasses.asdict(fit).items()
+                    if k not in _SPEED_ONLY and not (k in _ADDED_LATER and v == _ADDED_LATER[k])}
     options = {"model": model, "fit": fit_settings, "dtype": str(dtype).removeprefix("torch."),
                "tracking": dataclasses.asdict(tracking), "draw": bool(draw)}
     return json.loads(json.dumps(options, default=str))
