@@ -1,7 +1,7 @@
 """Landmark fitting speed: torch_clnf vs OpenFace C++'s fit times in the reference CSVs.
 
     python bench/fit.py [--models DIR] [--device cpu|cuda|mps] [--batches 1 8 64] [--repeats 10] [--threads 1 2]
-                        [--ceclm] [--compile] [--capture] [--parts-alone] [--multi-view]
+                        [--ceclm [--cen-bfloat16]] [--compile] [--capture] [--parts-alone] [--multi-view]
 
 Fits from the recorded MTCNN boxes of ../shared/media/sample1–6.jpg (CLNF general model, part
 models on, single start as the C++ reference); batches repeat those six faces. Image decoding is
@@ -9,7 +9,8 @@ excluded on both sides. With --multi-view, instead: per batch (default 1 and 8 f
 start, the default fit from 11 head-rotation hypotheses (the first scale's most likely completed)
 and the full 11-hypothesis search (every hypothesis completed), timed in turns, with their time
 as a multiple of the single start's. With --ceclm, also CE-CLM on full-size synthetic CEN files (real layer shapes, random
-weights) written by ../shared/tools/make_synthetic_cen.py. With --parts-alone, also CLNF with every
+weights) written by ../shared/tools/make_synthetic_cen.py (compiled too with --compile); with --cen-bfloat16
+also CE-CLM with its CEN layers in bfloat16 (FitConfig(cen_bfloat16=True)), the two timed in turns. With --parts-alone, also CLNF with every
 part group refitted on its own (batches of up to 8 faces otherwise refit all their parts jointly,
 torch_clnf.fitting.parts), the two timed in turns, call by call. With --capture, also CLNF with
 FitConfig(capture=True) (on CUDA the scales of each batch replayed as CUDA graphs; the first fits of
@@ -60,8 +61,8 @@ def cpp_median_ms(name: str, column: str = "fit_ms") -> float:
 
 def run(name: str, model: torch_clnf.LandmarkModel, batches: list[int], device: torch.device, repeats: int,
         cpp_ms: float, threads: list[int | None], parts_alone: bool = False,
-        eager: torch_clnf.LandmarkModel | None = None) -> None:
-    """Times ``model``'s fits of each batch size (and thread count); ``eager``: an uncompiled
+        beside: tuple[str, torch_clnf.LandmarkModel] | None = None) -> None:
+    """Times ``model``'s fits of each batch size (and thread count); ``beside``: (label, model), another
     model's fits too, in turns with these (a ratio that holds while the machine's speed drifts)."""
     for batch, count in ((b, t) for b in batches for t in threads):
         model.threads = count                                 # None: torch_clnf's choice per call
@@ -69,7 +70,8 @@ def run(name: str, model: torch_clnf.LandmarkModel, batches: list[int], device: 
         if model.config.compile or model.config.capture:    # compile / capture this batch size's graphs first
             start = time.perf_counter()
             for _ in range(2):
-                model.fit(greys, boxes, image_index=index, multi_view=False)
+                for compiled in [model] + ([beside[1]] if beside else []):
+                    compiled.fit(greys, boxes, image_index=index, multi_view=False)
             print(f"# compiling or capturing for {batch} faces: {time.perf_counter() - start:.0f} s", flush=True)
         joint = model.fitter.joint_parts_max_faces
 
@@ -79,9 +81,9 @@ def run(name: str, model: torch_clnf.LandmarkModel, batches: list[int], device: 
 
         variants = {name: joint, **({f"{name} parts alone": 0} if parts_alone else {})}
         calls = {label: functools.partial(fit, limit) for label, limit in variants.items()}
-        if eager is not None:
-            eager.threads = count
-            calls["  eager, in turns"] = functools.partial(fit, joint, eager)
+        if beside is not None:
+            beside[1].threads = count
+            calls[beside[0]] = functools.partial(fit, joint, beside[1])
         medians = interleaved_median_ms(calls, device, repeats if batch < 64 else max(3, repeats // 3), warmup=1)
         model.fitter.joint_parts_max_faces = joint
         for label, ms in medians.items():
@@ -129,6 +131,8 @@ def main() -> None:
     parser.add_argument("--threads", nargs="+", help="torch threads, each batch timed with each (side by side in "
                         "one run): numbers, or auto for torch_clnf's choice per call (the default)")
     parser.add_argument("--ceclm", action="store_true", help="also time CE-CLM on full-size synthetic CEN files")
+    parser.add_argument("--cen-bfloat16", action="store_true", help="with --ceclm: also CE-CLM with its CEN layers in "
+                        "bfloat16, in turns")
     parser.add_argument("--compile", action="store_true", help="also time CLNF with FitConfig(compile=True), in "
                         "turns with the uncompiled fits")
     parser.add_argument("--capture", action="store_true", help="also time CLNF with FitConfig(capture=True)")
@@ -157,16 +161,22 @@ def main() -> None:
     run("CLNF", eager, batches, device, args.repeats, cpp_clnf, threads, args.parts_alone)
     if args.compile:
         model = torch_clnf.load_model("main_clnf_general.txt", args.models, device=device, config=FitConfig(compile=True))
-        run("CLNF compiled", model, batches, device, args.repeats, cpp_clnf, threads, eager=eager)
+        run("CLNF compiled", model, batches, device, args.repeats, cpp_clnf, threads, beside=("  eager, in turns", eager))
     if args.capture:
         model = torch_clnf.load_model("main_clnf_general.txt", args.models, device=device, config=FitConfig(capture=True))
         run("CLNF captured", model, batches, device, args.repeats, cpp_clnf, threads)
     if args.ceclm:
         with tempfile.TemporaryDirectory() as folder, tempfile.TemporaryDirectory() as cache:
-            model = torch_clnf.load_model("main_ceclm_general.txt", ceclm_models(Path(folder), args.models),
-                                          device=device, cache=cache)
-            run("CE-CLM (synth)", model, batches, device, args.repeats, 29.5,   # C++: 28-31 ms (reference README)
-                threads)
+            models = ceclm_models(Path(folder), args.models)
+            model = torch_clnf.load_model("main_ceclm_general.txt", models, device=device, cache=cache,
+                                          config=FitConfig(compile=args.compile))
+            beside = None
+            if args.cen_bfloat16:
+                beside = ("  CEN bfloat16, in turns", torch_clnf.load_model(
+                    "main_ceclm_general.txt", models, device=device, cache=cache,
+                    config=FitConfig(compile=args.compile, cen_bfloat16=True)))
+            name = "CE-CLM (synth)" + (" compiled" if args.compile else "")
+            run(name, model, batches, device, args.repeats, 29.5, threads, beside=beside)   # C++: 28-31 ms (README)
 
 
 if __name__ == "__main__":
