@@ -455,7 +455,7 @@ def _model_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--capture", action="store_true", help="on CUDA, fit each batch as captured CUDA graphs "
                          "(batches padded to powers of two; see torch_clnf.fitting.capture); no faster elsewhere")
     command.add_argument("--cen-bfloat16", action="store_true", help="CE-CLM: its CEN experts' layers in bfloat16, "
-                         "1.3-1.5x faster on CPUs with AVX512-BF16 or AMX, landmarks some 0.002-0.05 px from "
+                         "1.3-2x faster on CPUs with AVX512-BF16 or AMX, landmarks some 0.002-0.05 px from "
                          "float32's (docs/speed.md)")
 
 

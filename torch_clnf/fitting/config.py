@@ -60,7 +60,7 @@ class FitConfig:
         shape_sigmas: local params are clamped to ± this many standard deviations.
         sparse: evaluate CEN experts at every second window position (OpenFace's speed-up).
         cen_bfloat16: run the CEN experts' layers (CE-CLM) in bfloat16, products accumulated in
-            float32: half their weights' memory, a CE-CLM fit 1.3-1.5× faster on CPUs with
+            float32: half their weights' memory, a CE-CLM fit 1.3-2× faster on CPUs with
             AVX512-BF16 or AMX (elsewhere the layers stay in float32), landmarks some 0.002-0.05 px
             (median) from the float32 fit's (docs/speed.md); no effect on CLNF.
         validate: score every fit with the detection validator (when the model has one).
