@@ -76,7 +76,7 @@ def test_ceclm_with_bfloat16_layers_stays_near_the_float32_fit(ceclm_dir, media_
                                                                monkeypatch):
     """FitConfig(cen_bfloat16=True): the CEN layers in bfloat16 (forced here on every CPU; where the CPU
     lacks native bfloat16 products a real run keeps float32), landmarks near the float32 fit's."""
-    monkeypatch.setattr("torch_clnf.models.cen._native_bfloat16_on_cpu", lambda: True)
+    monkeypatch.setattr("torch_clnf.models.cen._native_bfloat16", lambda device_type: True)
     records = rows(reference_dir / "openface_cpp/images_default.csv")[:3]
     images = [media_dir / r["file_or_frame"] for r in records]
     exact = torch_clnf.load_model("main_ceclm_general.txt", models=ceclm_dir, cache=tmp_path)

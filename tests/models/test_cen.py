@@ -146,7 +146,7 @@ def large_written(tmp_path):
 def test_bfloat16_layers_stay_near_the_exact_maps(large_written, monkeypatch):
     """layer_dtype=bfloat16: weights and activations rounded to 8 significant bits, so maps (sigmoid
     outputs in [0, 1]) move by a few 1e-3 at most, on every CPU (emulated where not native)."""
-    monkeypatch.setattr(cen, "_native_bfloat16_on_cpu", lambda: True)
+    monkeypatch.setattr(cen, "_native_bfloat16", lambda device_type: True)
     areas = torch.from_numpy(np.random.default_rng(4).uniform(0, 255, (3, 6, 17, 17)))
     for view in (torch.tensor([1, 1, 1]), torch.tensor([1, 2, 0])):          # one view; a view per face
         exact = CENExperts(read_cen(large_written.path), torch.float64, sparse=True)(areas, view).maps
@@ -163,7 +163,7 @@ def test_bfloat16_layers_fall_back_to_float32_where_the_cpu_lacks_them(large_wri
     """Emulated bfloat16 products are several times slower than float32: such a CPU keeps float32
     and says so once."""
     monkeypatch.setattr(cen.torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False, raising=False)
-    monkeypatch.setattr(cen, "_warned_no_bfloat16", False)
+    monkeypatch.setattr(cen, "_warned_no_bfloat16", set())
     areas = torch.from_numpy(np.random.default_rng(5).uniform(0, 255, (1, 6, 17, 17))).float()
     view = torch.tensor([1])
     experts = CENExperts(read_cen(large_written.path), sparse=True, layer_dtype=torch.bfloat16)

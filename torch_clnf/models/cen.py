@@ -59,8 +59,8 @@ class CENExperts(nn.Module):
         layer_dtype: the layers' products in this dtype (default: ``dtype``). ``torch.bfloat16``
             rounds the weights and activations to bfloat16 (products accumulate in float32):
             half the weights' memory, the layers 2-3× faster on CPUs with AVX512-BF16 or AMX,
-            the maps within a few 1e-3 (of values in [0, 1]). A CPU without native bfloat16
-            products computes them in ``dtype`` instead (emulated, they are 3-5× slower).
+            the maps within a few 1e-3 (of values in [0, 1]). A device without native bfloat16
+            products computes them in ``dtype`` instead (emulated, they are 3-5× slower on a CPU).
 
     Example:
         >>> experts = CENExperts(read_cen("patch_experts/cen_patches_0.25_of.dat"))
@@ -137,7 +137,7 @@ class CENExperts(nn.Module):
     def products_dtype(self) -> torch.dtype:
         """The dtype the layers' products run in on the experts' device (see ``layer_dtype``)."""
         wanted = self.layer_dtype or self.weight_0.dtype
-        if wanted == torch.bfloat16 and self.weight_0.device.type == "cpu" and not _native_bfloat16_on_cpu():
+        if wanted == torch.bfloat16 and not _native_bfloat16(self.weight_0.device.type):
             return self.weight_0.dtype
         return wanted
 
@@ -286,19 +286,26 @@ class CENExperts(nn.Module):
         return PatchResponse(maps, self.visible[view][:, index])
 
 
-_warned_no_bfloat16 = False
+_warned_no_bfloat16: set[str] = set()      # the device types warned about
 
 
-def _native_bfloat16_on_cpu() -> bool:
-    """Whether this CPU multiplies bfloat16 matrices natively (oneDNN with AVX512-BF16 or AMX);
-    warns once where it does not."""
-    global _warned_no_bfloat16
+def _native_bfloat16(device_type: str) -> bool:
+    """Whether a device multiplies bfloat16 matrices natively: a CPU with AVX512-BF16 or AMX
+    (oneDNN), an NVIDIA GPU from Ampere on, a Mac from macOS 14 on; warns once per device type
+    where it does not."""
     try:
-        native = torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):      # a torch build without the query
+        if device_type == "cpu":
+            native = torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        elif device_type == "cuda":
+            native = torch.cuda.is_bf16_supported(including_emulation=False)
+        elif device_type == "mps":
+            native = torch.backends.mps.is_macos_or_newer(14, 0)
+        else:
+            native = True
+    except (AttributeError, RuntimeError, TypeError):      # a torch build without the query
         native = False
-    if not native and not _warned_no_bfloat16:
-        _warned_no_bfloat16 = True
-        warnings.warn("this CPU has no native bfloat16 matrix products (AVX512-BF16 or AMX): the CEN experts' "
-                      "layers run in float32, which is faster here", stacklevel=3)
+    if not native and device_type not in _warned_no_bfloat16:
+        _warned_no_bfloat16.add(device_type)
+        warnings.warn(f"this {device_type} device has no native bfloat16 matrix products (a CPU needs AVX512-BF16 "
+                      "or AMX): the CEN experts' layers run in float32, which is faster here", stacklevel=3)
     return native
