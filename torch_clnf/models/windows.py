@@ -17,6 +17,11 @@ import torch.nn.functional as F
 
 from .sync import static_graph, syncs_cheaply
 
+# CPU, float32: up to this many input values (areas × filters per area), the grouped convolution runs
+# as a depthwise one on areas repeated once per filter, which oneDNN computes 1.5-2.5x faster (one to
+# six faces' 68 areas of 19x19 and 7 filters each); beyond, some 2-4x slower
+DEPTHWISE_MAX_VALUES = 1 << 20
+
 
 class PatchResponse(NamedTuple):
     """Response maps of a batch of faces.
@@ -105,6 +110,11 @@ def correlation(centred: torch.Tensor, weight: torch.Tensor, stride: int = 1, of
     if weight.dim() == 5 or (static_graph() and weight.dtype == torch.float64):   # onnxruntime: no float64 Conv
         return _per_entry_correlation(centred, weight, stride, offset)
     centred = centred[..., offset[0]:, offset[1]:]
+    if (k > 1 and centred.device.type == "cpu" and centred.dtype == torch.float32 and not static_graph()
+            and centred.numel() * k <= DEPTHWISE_MAX_VALUES):
+        z = F.conv2d(centred.repeat_interleave(k, 1), weight.reshape(channels * k, 1, h, w), stride=stride,
+                     groups=channels * k)
+        return z.reshape(z.shape[0], channels, k, *z.shape[-2:])
     if channels_last:
         centred = centred.contiguous(memory_format=torch.channels_last)
     z = F.conv2d(centred, weight.reshape(channels * k, 1, h, w), stride=stride, groups=channels)
