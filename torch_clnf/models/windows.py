@@ -102,7 +102,8 @@ def correlation(centred: torch.Tensor, weight: torch.Tensor, stride: int = 1, of
         centred: (B, C, H, W) areas (:attr:`WindowStatistics.centred`).
         weight: (C, K, h, w), row = y; or (B, C, K, h, w), each batch entry its own filters.
         stride, offset: evaluate only positions ``offset + stride · i`` (both axes).
-        channels_last: run the convolution on a channels-last copy (faster for few filters per group).
+        channels_last: run the grouped convolution on a channels-last copy (faster for few filters
+            per group; the depthwise form of few areas, :data:`DEPTHWISE_MAX_VALUES`, needs none).
     Returns:
         (B, C, K, win_h', win_w').
     """
@@ -110,14 +111,13 @@ def correlation(centred: torch.Tensor, weight: torch.Tensor, stride: int = 1, of
     if weight.dim() == 5 or (static_graph() and weight.dtype == torch.float64):   # onnxruntime: no float64 Conv
         return _per_entry_correlation(centred, weight, stride, offset)
     centred = centred[..., offset[0]:, offset[1]:]
+    groups = channels
     if (k > 1 and centred.device.type == "cpu" and centred.dtype == torch.float32 and not static_graph()
             and centred.numel() * k <= DEPTHWISE_MAX_VALUES):
-        z = F.conv2d(centred.repeat_interleave(k, 1), weight.reshape(channels * k, 1, h, w), stride=stride,
-                     groups=channels * k)
-        return z.reshape(z.shape[0], channels, k, *z.shape[-2:])
-    if channels_last:
+        centred, groups = centred.repeat_interleave(k, 1), channels * k      # depthwise: a filter per group
+    elif channels_last:
         centred = centred.contiguous(memory_format=torch.channels_last)
-    z = F.conv2d(centred, weight.reshape(channels * k, 1, h, w), stride=stride, groups=channels)
+    z = F.conv2d(centred, weight.reshape(channels * k, 1, h, w), stride=stride, groups=groups)
     return z.reshape(z.shape[0], channels, k, *z.shape[-2:])
 
 
