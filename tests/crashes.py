@@ -33,7 +33,7 @@ def failing_worker_model(spec: str, models, **options) -> torch_clnf.LandmarkMod
 
 
 def hooked_model(spec: str, models, count: str | None = None, die_after: int | None = None,
-                 marker: str | None = None, poison: tuple[int, int] | None = None,
+                 marker: str | None = None, poison: tuple[int, int] | None = None, pause: float = 0.0,
                  **options) -> torch_clnf.LandmarkModel:
     """A model loader for Ray actor tests: the usual model, whose process
 
@@ -41,10 +41,13 @@ def hooked_model(spec: str, models, count: str | None = None, die_after: int | N
       the tracker prepares each lockstep's frames once, as a list);
     - dies (``os._exit``) at its ``die_after``-th lockstep, if it is the first actor to create
       the file ``marker`` (one actor dies, the others and its replacements live);
-    - dies whenever a frame of height × width ``poison`` comes to it (a video that kills any actor).
+    - dies whenever a frame of height × width ``poison`` comes to it (a video that kills any actor);
+    - sleeps ``pause`` seconds before each lockstep (a floor on how fast a video can end).
 
     Outside a Ray actor (the driver loads it too, to learn the model's name) it never dies.
     """
+    import time
+
     import ray
 
     model = torch_clnf.load_model(spec, models, **options)
@@ -61,6 +64,7 @@ def hooked_model(spec: str, models, count: str | None = None, die_after: int | N
         if not isinstance(images, list):                 # a batch prepared already (model.track's own call)
             return prepare(images)
         steps.append(1)
+        time.sleep(pause)
         if die_after is not None and len(steps) >= die_after:
             os._exit(9)
         if poison is not None and any(getattr(image, "shape", (0, 0))[:2] == tuple(poison) for image in images):

@@ -161,11 +161,16 @@ class AfterVideos:
 
 def test_an_interrupted_run_started_again_fits_only_the_videos_not_complete(ray_cluster, clips, models_dir, cache,
                                                                            tmp_path):
+    """The stop is set once two videos are complete; it reaches the actors a few tenths of a second
+    later (the driver's poll, then each actor's next report), in which an actor may end a third
+    video: a pause of 0.1 s a frame makes each clip last 2.4 s or more, so that one at least is
+    never complete, whatever the machine's load."""
     out, log = tmp_path / "out", tmp_path / "fits"
     load = loader(models_dir, cache, count=str(log))
-    first = track_videos_on_ray(clips, load, out, streams=1, progress=False, stop=AfterVideos(out, 2))
+    first = track_videos_on_ray(clips, loader(models_dir, cache, count=str(log), pause=0.1), out, streams=1,
+                                progress=False, stop=AfterVideos(out, 2))
     complete = [clip for clip, s in zip(clips, first) if s.complete]
-    assert len(complete) == 2 and all((out / f"{c.stem}.csv").exists() for c in complete)
+    assert 2 <= len(complete) < len(clips) and all((out / f"{c.stem}.csv").exists() for c in complete)
     assert all(not (out / f"{c.stem}.csv").exists() for c in clips if c not in complete)
     log.unlink()
 
