@@ -369,7 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
                       "or ~/.cache/torch_clnf)")
     comp.add_argument("--device", default="cpu", help="cpu or cuda")
     comp.add_argument("--batch", type=int, nargs="+", default=[1], help="faces per fit to compile for (default: 1, "
-                      "one image or one video at a time; each batch size is a set of packages of its own)")
+                      "one image or one video at a time; a batch is fitted in parts of power-of-two sizes, 7 faces "
+                      "as 4, 2 and 1, each size a set of packages: 1 2 4 8 covers up to 15 faces)")
     comp.add_argument("--no-parts", action="store_true", help="for fits without the part models")
     comp.add_argument("--no-validator", action="store_true", help="without the detection validator")
     comp.set_defaults(run=_compile)

@@ -100,6 +100,41 @@ def test_the_parts_settings_name_their_package(models_dir, sample, tmp_path, mon
     assert len(names) == 2 and names[0] != names[1]
 
 
+def test_a_batch_is_fitted_in_power_of_two_parts(models_dir, sample, tmp_path, monkeypatch):
+    """Packages are made per number of faces, so three faces are fitted as two and one, each part
+    with its faces' images only (the first part's two are not neighbours in the batch: gathered),
+    by the main fit, the parts' refit and the validator's warp alike; the landmarks and confidences
+    are those of one eager fit of all three (float64; run uncompiled here, the calls recorded)."""
+    calls = []
+
+    def eager(function, template, tensors, modules, signature, dims, prepare=None):
+        def run(inputs):
+            args = compiling._rebuild(template, inputs, modules)
+            if function.__name__ == "fit_ccnf_scales":
+                calls.append((function.__name__, args[1].shape[0], args[3].shape[0]))   # (images, faces)
+            elif function.__name__ == "_warped_features":
+                calls.append((function.__name__, args[3].shape[0]))                    # (faces)
+            return tuple(function(*args))
+        return run
+
+    monkeypatch.setattr(compiling, "_runner", eager)
+    (first, second), (box_first, box_second) = sample
+    images, image_index = [first, second, first], [0, 2, 1]
+    face_boxes = torch.stack([box_first, box_first, box_second])
+    config = dict(CONFIG, refine_hierarchical=True, validate=True)
+    expected = torch_clnf.load_model(models=models_dir, cache=tmp_path, config=FitConfig(**config),
+                                     dtype=torch.float64).fit(images, face_boxes, image_index, multi_view=False)
+    parted = torch_clnf.load_model(models=models_dir, cache=tmp_path, config=FitConfig(compile=True, **config),
+                                   dtype=torch.float64)
+    found = parted.fit(images, face_boxes, image_index, multi_view=False)
+    assert calls[:2] == [("fit_ccnf_scales", 2, 2), ("fit_ccnf_scales", 1, 1)]
+    assert calls[2:] == [("_warped_features", 2), ("_warped_features", 1)]
+    assert bool(expected.success.all())
+    assert (found.landmarks - expected.landmarks).norm(dim=-1).max() < 1e-6
+    assert torch.allclose(found.confidence, expected.confidence, rtol=0, atol=1e-9)
+    assert compiling.power_of_two_parts(11) == [8, 2, 1] and compiling.power_of_two_parts(8) == [8]
+
+
 def test_packages_get_contiguous_inputs(tmp_path, monkeypatch):
     """A package's kernels read its inputs with the strides it was compiled for: compiled on a
     contiguous tensor, it must also be right when given a strided view (one package for both)."""

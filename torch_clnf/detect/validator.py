@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.compiling import compiled_function
+from ..models.compiling import compiled_function, power_of_two_parts
 from ..models.constants import widest_float
 from ..openface.validator import DetectionValidatorData, read_validator
 
@@ -210,8 +210,18 @@ class DetectionValidator(nn.Module):
         if bool(((image_index < 0) | (image_index >= info.shape[0])).any()):
             raise ValueError(f"image_index must lie in [0, {info.shape[0]})")
         view = self.view_index(rotation).to(device)
+        landmarks = _to(landmarks, device, dtype)
         warp = compiled_function(_warped_features, dynamic={1: (0,)}) if compiled else _warped_features
-        features, box_ok = warp(self, flat, info[image_index], _to(landmarks, device, dtype), view)
+        blocks = power_of_two_parts(count) if compiled else [count]    # (packages are per number of faces)
+        if len(blocks) == 1:
+            features, box_ok = warp(self, flat, info[image_index], landmarks, view)
+        else:
+            warped, start = [], 0
+            for size in blocks:
+                faces = slice(start, start + size)
+                warped.append(warp(self, flat, info[image_index[faces]], landmarks[faces], view[faces]))
+                start += size
+            features, box_ok = (torch.cat(parts) for parts in zip(*warped))
         certainty = torch.zeros(count, dtype=dtype, device=device)
         for v in torch.unique(view).tolist():
             faces = (view == v).nonzero().squeeze(1)

@@ -1,14 +1,14 @@
 """The landmark fitter: scales, views, NU-RLMS phases and hierarchical parts, batched over faces."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import nn
 
 from ..models import CCNFExperts, CENExperts, PointDistributionModel
 from ..models.ccnf import CCNFTables, ccnf_maps_per_face
-from ..models.compiling import compiled_function, compiling_failed
+from ..models.compiling import compiled_function, compiling_failed, power_of_two_parts
 from ..models.linalg import inverse
 from ..models.stacking import StackedExperts, StackedPDM, per_face_model
 from ..models.sync import static_graph, syncs_cheaply
@@ -153,6 +153,8 @@ class ModelFitter(nn.Module):
         """
         cfg = self.config
         members = self.pdm.members if isinstance(self.pdm, StackedPDM) else 1
+        if self._fits_in_parts(params_global.shape[0], members):
+            return self._fit_in_parts(padded, image_index, params_global, params_local, window_sizes, active, parts)
         pdm, _ = per_face_model(self.pdm, params_global.shape[0] // members)
         if cfg.capture and members == 1 and not static_graph():
             if self._captured is None:
@@ -168,6 +170,30 @@ class ModelFitter(nn.Module):
         finite = torch.isfinite(state.landmarks).flatten(1).all(1) & torch.isfinite(state.params_global).all(1)
         state.success = state.success & finite
         return state
+
+    def _fits_in_parts(self, batch: int, members: int) -> bool:
+        """Whether a compiled fit of ``batch`` faces runs as fits of :func:`power_of_two_parts` sizes
+        (packages are made per number of faces: a run whose lockstep shrinks 7, 6, 5, … faces would
+        otherwise wait for a package set of each size)."""
+        return (self.config.compile and not self.config.capture and members == 1 and batch & (batch - 1) != 0
+                and not static_graph() and not compiling_failed() and not torch.compiler.is_compiling())
+
+    def _fit_in_parts(self, padded: torch.Tensor, image_index: torch.Tensor, params_global: torch.Tensor,
+                      params_local: torch.Tensor, window_sizes: tuple[int, ...], active: torch.Tensor | None,
+                      parts: bool) -> FitState:
+        """:meth:`fit` of the faces in consecutive blocks of :func:`power_of_two_parts` sizes, each
+        block with the images its faces are on (a range of ``padded`` where they are consecutive,
+        as in tracking, which is not copied)."""
+        states, start = [], 0
+        for size in power_of_two_parts(params_global.shape[0]):
+            faces = slice(start, start + size)
+            start += size
+            images, index = torch.unique(image_index[faces], return_inverse=True)
+            first, count = int(images[0]), len(images)
+            block = padded.narrow(0, first, count) if int(images[-1]) - first + 1 == count else padded[images]
+            states.append(self.fit(block, index, params_global[faces], params_local[faces], window_sizes,
+                                   None if active is None else active[faces], parts))
+        return FitState(*(torch.cat([getattr(s, f.name) for s in states]) for f in fields(FitState)))
 
     def main_fit(self, padded: torch.Tensor, image_index: torch.Tensor, params_global: torch.Tensor,
                  params_local: torch.Tensor, window_sizes: tuple[int, ...],

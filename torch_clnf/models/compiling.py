@@ -117,6 +117,13 @@ def compiled_function(function: F, returns: Callable[[tuple], Any] = tuple,
     return _compiled[function]
 
 
+def power_of_two_parts(count: int) -> list[int]:
+    """``count`` as a sum of distinct powers of two, largest first (7 → [4, 2, 1]): the batch sizes
+    a batch of ``count`` faces is fitted in with compiled packages, so that any number of faces
+    needs packages of at most log₂ sizes (each size is compiled once, some 10–40 s)."""
+    return [1 << bit for bit in reversed(range(count.bit_length())) if count >> bit & 1]
+
+
 def _launch(runner: Callable, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     """Run a loaded package (a function of its own, so that ``bench/ops.py`` counts what the
     packages call into ATen apart from what Python issues)."""
