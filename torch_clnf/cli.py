@@ -286,7 +286,7 @@ def _compile(args: argparse.Namespace) -> int:
 
     from .fitting import FitConfig
     from .landmark_model import load_model
-    from .models.compiling import UNUSED_DAYS, package_dir
+    from .models.compiling import UNUSED_DAYS, exact_batches, package_dir
 
     start = time.perf_counter()
     model = load_model(args.model, args.models, device=args.device, cache=args.cache, detector=not args.no_validator,
@@ -300,10 +300,11 @@ def _compile(args: argparse.Namespace) -> int:
     points = np.array([[290, 220], [350, 220], [320, 260], [295, 300], [345, 300]], np.float32)
     for faces in args.batch:
         boxes = np.tile(np.array([[200.0, 120.0, 240.0, 240.0]], np.float32), (faces, 1))
-        for multi_view in (False, True):
-            fitted = model.fit([image] * faces, boxes, multi_view=multi_view)
-        model.fit([image] * faces, boxes, multi_view=True, points=np.tile(points, (faces, 1, 1)))
-        model.track([image] * faces, fitted)                 # (as many videos in lockstep)
+        with exact_batches():             # this many faces, not power-of-two parts (made for the sizes not asked)
+            for multi_view in (False, True):
+                fitted = model.fit([image] * faces, boxes, multi_view=multi_view)
+            model.fit([image] * faces, boxes, multi_view=True, points=np.tile(points, (faces, 1, 1)))
+            model.track([image] * faces, fitted)                 # (as many videos in lockstep)
         print(f"{faces} face(s): fit from boxes (single start, 11 head rotations, and 12 with the detector's "
               "points) and tracking compiled")
     after = set(package_dir().glob("*.pt2"))
@@ -369,8 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
                       "or ~/.cache/torch_clnf)")
     comp.add_argument("--device", default="cpu", help="cpu or cuda")
     comp.add_argument("--batch", type=int, nargs="+", default=[1], help="faces per fit to compile for (default: 1, "
-                      "one image or one video at a time; a batch is fitted in parts of power-of-two sizes, 7 faces "
-                      "as 4, 2 and 1, each size a set of packages: 1 2 4 8 covers up to 15 faces)")
+                      "one image or one video at a time; each a set of packages: a number of faces without its own "
+                      "runs in power-of-two parts, 7 faces as 4, 2 and 1, about a tenth slower)")
     comp.add_argument("--no-parts", action="store_true", help="for fits without the part models")
     comp.add_argument("--no-validator", action="store_true", help="without the detection validator")
     comp.set_defaults(run=_compile)

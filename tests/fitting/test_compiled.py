@@ -101,10 +101,11 @@ def test_the_parts_settings_name_their_package(models_dir, sample, tmp_path, mon
 
 
 def test_a_batch_is_fitted_in_power_of_two_parts(models_dir, sample, tmp_path, monkeypatch):
-    """Packages are made per number of faces, so three faces are fitted as two and one, each part
-    with its faces' images only (the first part's two are not neighbours in the batch: gathered),
-    by the main fit, the parts' refit and the validator's warp alike; the landmarks and confidences
-    are those of one eager fit of all three (float64; run uncompiled here, the calls recorded)."""
+    """Packages are made per number of faces, so three faces, whose package is not made, are fitted
+    as two and one, each part with its faces' images only (the first part's two are not neighbours
+    in the batch: gathered), by the main fit, the parts' refit and the validator's warp alike; the
+    landmarks and confidences are those of one eager fit of all three (float64; run uncompiled here,
+    the calls recorded). Within ``exact_batches`` (``torch-clnf compile``) the three are one batch."""
     calls = []
 
     def eager(function, template, tensors, modules, signature, dims, prepare=None):
@@ -132,7 +133,12 @@ def test_a_batch_is_fitted_in_power_of_two_parts(models_dir, sample, tmp_path, m
     assert bool(expected.success.all())
     assert (found.landmarks - expected.landmarks).norm(dim=-1).max() < 1e-6
     assert torch.allclose(found.confidence, expected.confidence, rtol=0, atol=1e-9)
-    assert compiling.power_of_two_parts(11) == [8, 2, 1] and compiling.power_of_two_parts(8) == [8]
+
+    calls.clear()
+    with compiling.exact_batches():
+        whole = parted.fit(images, face_boxes, image_index, multi_view=False)
+    assert calls == [("fit_ccnf_scales", 3, 3), ("_warped_features", 3)]
+    assert (whole.landmarks - expected.landmarks).norm(dim=-1).max() < 1e-6
 
 
 def test_packages_get_contiguous_inputs(tmp_path, monkeypatch):

@@ -88,3 +88,32 @@ def test_prepare_runs_only_before_a_package_is_compiled(tmp_path, monkeypatch):
     monkeypatch.setattr(compiling, "_runners", {})          # a new process: loaded from the folder
     assert torch.equal(run(x, 3)[0], 3 * x)
     assert prepared == [3] and compiled == [1]
+
+
+def test_a_batch_runs_whole_where_its_package_is_made(tmp_path, monkeypatch):
+    """``has_package`` says whether a call's package is loaded or on disk (a new process finds
+    the file), without compiling; ``batch_parts`` then keeps the batch whole, else cuts a number of
+    faces that is not a power of two into power-of-two parts."""
+    monkeypatch.setattr(compiling, "_runners", {})
+    monkeypatch.setattr(compiling, "_compile", lambda call, tensors, path, dims: path.write_bytes(b"package"))
+    monkeypatch.setattr(compiling, "_load", lambda path: lambda tensors: (tensors[0] * 3,))
+    compiling.set_package_dir(tmp_path)
+    try:
+        def tripled(x):
+            return (x * 3,)
+
+        run = compiling.compiled_function(tripled)
+        assert not run.has_package(torch.ones(7, 2)) and not list(tmp_path.iterdir())
+        with pytest.warns(compiling.CompilingWarning):
+            run(torch.ones(7, 2))
+        assert run.has_package(torch.zeros(7, 2)) and not run.has_package(torch.zeros(6, 2))
+        monkeypatch.setattr(compiling, "_runners", {})                     # a new process: the file on disk
+        assert run.has_package(torch.zeros(7, 2))
+        assert compiling.batch_parts(7, lambda: run.has_package(torch.zeros(7, 2))) == [7]
+        assert compiling.batch_parts(6, lambda: run.has_package(torch.zeros(6, 2))) == [4, 2]
+    finally:
+        compiling.set_package_dir(None)
+    assert compiling.batch_parts(11) == [8, 2, 1] and compiling.batch_parts(8) == [8] and compiling.batch_parts(1) == [1]
+    with compiling.exact_batches():
+        assert compiling.batch_parts(11) == [11]
+    assert compiling.batch_parts(11) == [8, 2, 1]

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.compiling import compiled_function, power_of_two_parts
+from ..models.compiling import batch_parts, compiled_function
 from ..models.constants import widest_float
 from ..openface.validator import DetectionValidatorData, read_validator
 
@@ -212,7 +212,8 @@ class DetectionValidator(nn.Module):
         view = self.view_index(rotation).to(device)
         landmarks = _to(landmarks, device, dtype)
         warp = compiled_function(_warped_features, dynamic={1: (0,)}) if compiled else _warped_features
-        blocks = power_of_two_parts(count) if compiled else [count]    # (packages are per number of faces)
+        blocks = batch_parts(count, lambda: warp.has_package(self, flat, info[image_index], landmarks, view)
+                             ) if compiled else [count]                 # (packages are per number of faces)
         if len(blocks) == 1:
             features, box_ok = warp(self, flat, info[image_index], landmarks, view)
         else:

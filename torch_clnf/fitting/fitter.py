@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Callable
 
 import torch
 from torch import nn
 
 from ..models import CCNFExperts, CENExperts, PointDistributionModel
 from ..models.ccnf import CCNFTables, ccnf_maps_per_face
-from ..models.compiling import compiled_function, compiling_failed, power_of_two_parts
+from ..models.compiling import batch_parts, compiled_function, compiling_failed
 from ..models.linalg import inverse
 from ..models.stacking import StackedExperts, StackedPDM, per_face_model
 from ..models.sync import static_graph, syncs_cheaply
@@ -153,8 +154,12 @@ class ModelFitter(nn.Module):
         """
         cfg = self.config
         members = self.pdm.members if isinstance(self.pdm, StackedPDM) else 1
-        if self._fits_in_parts(params_global.shape[0], members):
-            return self._fit_in_parts(padded, image_index, params_global, params_local, window_sizes, active, parts)
+        if self._may_fit_in_parts(params_global.shape[0], members):
+            sizes = batch_parts(params_global.shape[0], lambda: self._main_package_made(
+                padded, image_index, params_global, params_local, window_sizes, active))
+            if len(sizes) > 1:
+                return self._fit_in_parts(sizes, padded, image_index, params_global, params_local, window_sizes,
+                                          active, parts)
         pdm, _ = per_face_model(self.pdm, params_global.shape[0] // members)
         if cfg.capture and members == 1 and not static_graph():
             if self._captured is None:
@@ -171,21 +176,27 @@ class ModelFitter(nn.Module):
         state.success = state.success & finite
         return state
 
-    def _fits_in_parts(self, batch: int, members: int) -> bool:
-        """Whether a compiled fit of ``batch`` faces runs as fits of :func:`power_of_two_parts` sizes
-        (packages are made per number of faces: a run whose lockstep shrinks 7, 6, 5, … faces would
-        otherwise wait for a package set of each size)."""
+    def _may_fit_in_parts(self, batch: int, members: int) -> bool:
+        """Whether a fit of ``batch`` faces runs compiled packages of one number of faces (one
+        model; not captured, nor traced), which :func:`~torch_clnf.models.compiling.batch_parts`
+        may cut into power-of-two parts."""
         return (self.config.compile and not self.config.capture and members == 1 and batch & (batch - 1) != 0
                 and not static_graph() and not compiling_failed() and not torch.compiler.is_compiling())
 
-    def _fit_in_parts(self, padded: torch.Tensor, image_index: torch.Tensor, params_global: torch.Tensor,
-                      params_local: torch.Tensor, window_sizes: tuple[int, ...], active: torch.Tensor | None,
-                      parts: bool) -> FitState:
-        """:meth:`fit` of the faces in consecutive blocks of :func:`power_of_two_parts` sizes, each
-        block with the images its faces are on (a range of ``padded`` where they are consecutive,
-        as in tracking, which is not copied)."""
+    def _main_package_made(self, padded: torch.Tensor, image_index: torch.Tensor, params_global: torch.Tensor,
+                           params_local: torch.Tensor, window_sizes: tuple[int, ...],
+                           active: torch.Tensor | None) -> bool:
+        """Whether the main fit of these faces is one package, made already for their number."""
+        call = self._compiled_main_fit(padded, image_index, params_global, params_local, window_sizes, active)
+        return call is not None and call[0].has_package(*call[1])
+
+    def _fit_in_parts(self, sizes: list[int], padded: torch.Tensor, image_index: torch.Tensor,
+                      params_global: torch.Tensor, params_local: torch.Tensor, window_sizes: tuple[int, ...],
+                      active: torch.Tensor | None, parts: bool) -> FitState:
+        """:meth:`fit` of the faces in consecutive blocks of these sizes, each block with the images
+        its faces are on (a range of ``padded`` where they are consecutive, as in tracking: not copied)."""
         states, start = [], 0
-        for size in power_of_two_parts(params_global.shape[0]):
+        for size in sizes:
             faces = slice(start, start + size)
             start += size
             images, index = torch.unique(image_index[faces], return_inverse=True)
@@ -195,6 +206,25 @@ class ModelFitter(nn.Module):
                                    None if active is None else active[faces], parts))
         return FitState(*(torch.cat([getattr(s, f.name) for s in states]) for f in fields(FitState)))
 
+    def _compiled_main_fit(self, padded: torch.Tensor, image_index: torch.Tensor, params_global: torch.Tensor,
+                           params_local: torch.Tensor, window_sizes: tuple[int, ...],
+                           active: torch.Tensor | None) -> tuple[Callable, tuple] | None:
+        """(the compiled function, its arguments) that :meth:`main_fit` runs as one package, or None
+        where it does not (not compiled, or experts without tables: CEN)."""
+        cfg = self.config
+        batch = params_global.shape[0]
+        members = self.pdm.members if isinstance(self.pdm, StackedPDM) else 1
+        used = [(scale, window) for scale, window in enumerate(window_sizes[: len(self.experts)]) if window]
+        if not self._compiled(*(self.experts[s] for s, _ in used)):
+            return None
+        pdm, member = per_face_model(self.pdm, batch // members)                  # member: None for one model
+        scales = tuple((self.experts[s].tables(w), self.experts[s].patch_scale, self.experts[s].support,
+                        w + self.experts[s].support[0] - 1, *self.settings_at(s)) for s, w in used)
+        active = torch.ones(batch, dtype=torch.bool, device=params_global.device) if active is None else active
+        return (compiled_function(fit_ccnf_scales, MainFit._make, dynamic={1: (1, 2)}),
+                (pdm, padded, image_index, params_global, params_local, active, member, scales, cfg.iterations,
+                 cfg.convergence, cfg.kde_step, cfg.shape_sigmas, cfg.min_scale))
+
     def main_fit(self, padded: torch.Tensor, image_index: torch.Tensor, params_global: torch.Tensor,
                  params_local: torch.Tensor, window_sizes: tuple[int, ...],
                  active: torch.Tensor | None = None) -> MainFit:
@@ -203,15 +233,11 @@ class ModelFitter(nn.Module):
         cfg = self.config
         batch = params_global.shape[0]
         members = self.pdm.members if isinstance(self.pdm, StackedPDM) else 1
+        compiled = self._compiled_main_fit(padded, image_index, params_global, params_local, window_sizes, active)
+        if compiled is not None:
+            function, args = compiled
+            return function(*args)
         pdm, member = per_face_model(self.pdm, batch // members)                  # member: None for one model
-        used = [(scale, window) for scale, window in enumerate(window_sizes[: len(self.experts)]) if window]
-        if self._compiled(*(self.experts[s] for s, _ in used)):
-            scales = tuple((self.experts[s].tables(w), self.experts[s].patch_scale, self.experts[s].support,
-                            w + self.experts[s].support[0] - 1, *self.settings_at(s)) for s, w in used)
-            active = torch.ones(batch, dtype=torch.bool, device=params_global.device) if active is None else active
-            return compiled_function(fit_ccnf_scales, MainFit._make, dynamic={1: (1, 2)})(
-                pdm, padded, image_index, params_global, params_local, active, member, scales, cfg.iterations,
-                cfg.convergence, cfg.kde_step, cfg.shape_sigmas, cfg.min_scale)
         active = torch.ones(batch, dtype=torch.bool, device=params_global.device) if active is None else active.clone()
         success = active.clone()
         likelihood = params_global.new_zeros(batch)

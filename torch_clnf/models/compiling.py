@@ -27,8 +27,9 @@ import tempfile
 import time
 import warnings
 import weakref
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 import torch
 from torch import nn
@@ -43,6 +44,7 @@ _directory: Path | None = None
 _runners: dict[tuple, Callable] = {}        # call (function, signature) → its loaded package's launcher (tensors in, out)
 _compiled: dict[Callable, Callable] = {}
 _broken = False
+_exact_batches = False        # inside exact_batches(): no batch is cut into parts
 _environment: str | None = None
 _digests: "weakref.WeakKeyDictionary[nn.Module, str]" = weakref.WeakKeyDictionary()
 
@@ -88,20 +90,24 @@ def compiled_function(function: F, returns: Callable[[tuple], Any] = tuple,
     if function not in _compiled:
         variable = dynamic or {}
 
+        def described(args: tuple) -> tuple[Any, list[torch.Tensor], list[nn.Module], list[str], dict]:
+            """(template, tensors, modules, signature, variable dimensions) of a call."""
+            tensors: list[torch.Tensor] = []
+            modules: list[nn.Module] = []
+            signature: list[str] = [f"tuple tuple {len(args)}"]
+            seen: dict[int, Any] = {}
+            dims: dict[int, tuple[int, ...]] = {}          # flat tensor index → its variable dimensions
+            items = []
+            for position, arg in enumerate(args):
+                if position in variable:
+                    dims[len(tensors)] = variable[position]
+                items.append(_flatten(arg, tensors, modules, signature, seen, variable.get(position, ())))
+            return ("tuple", tuple, items), tensors, modules, signature, dims
+
         def run(*args: Any) -> Any:
             global _broken
             if not _broken and not torch.compiler.is_compiling():      # (called inside a compiled function: inlined)
-                tensors: list[torch.Tensor] = []
-                modules: list[nn.Module] = []
-                signature: list[str] = [f"tuple tuple {len(args)}"]
-                seen: dict[int, Any] = {}
-                dims: dict[int, tuple[int, ...]] = {}          # flat tensor index → its variable dimensions
-                items = []
-                for position, arg in enumerate(args):
-                    if position in variable:
-                        dims[len(tensors)] = variable[position]
-                    items.append(_flatten(arg, tensors, modules, signature, seen, variable.get(position, ())))
-                template = ("tuple", tuple, items)
+                template, tensors, modules, signature, dims = described(args)
                 try:
                     before = (lambda: prepare(*args)) if prepare is not None else None
                     runner = _runner(function, template, tensors, modules, signature, dims, before)
@@ -113,15 +119,37 @@ def compiled_function(function: F, returns: Callable[[tuple], Any] = tuple,
                     return returns(tuple(_launch(runner, tensors)))
             return function(*args)
 
+        def has_package(*args: Any) -> bool:
+            """Whether the package of this call is loaded or on disk already (nothing is compiled)."""
+            signature = described(args)[3]
+            return (function, *signature) in _runners or _package_path(function, signature).is_file()
+
+        run.has_package = has_package                      # type: ignore[attr-defined]
         _compiled[function] = run
     return _compiled[function]
 
 
-def power_of_two_parts(count: int) -> list[int]:
-    """``count`` as a sum of distinct powers of two, largest first (7 → [4, 2, 1]): the batch sizes
-    a batch of ``count`` faces is fitted in with compiled packages, so that any number of faces
-    needs packages of at most log₂ sizes (each size is compiled once, some 10–40 s)."""
+def batch_parts(count: int, whole_ready: Callable[[], bool] = lambda: False) -> list[int]:
+    """The batch sizes a compiled call on ``count`` faces runs in. Packages are made per number
+    of faces (some 10–40 s each), so a run whose number of faces varies (videos in lockstep that
+    end one by one) would wait for a package set of every size: a count that is not a power of
+    two runs in power-of-two parts, largest first (7 → [4, 2, 1]), at most log₂ sizes in all —
+    unless ``whole_ready()`` says its own package is made already (``torch-clnf compile --batch
+    7`` makes it), or inside :func:`exact_batches`: then ``[count]``."""
+    if count & (count - 1) == 0 or _exact_batches or whole_ready():
+        return [count]
     return [1 << bit for bit in reversed(range(count.bit_length())) if count >> bit & 1]
+
+
+@contextmanager
+def exact_batches() -> Iterator[None]:
+    """Compiled calls inside run on their whole batch, whatever its size (so compile its package)."""
+    global _exact_batches
+    before, _exact_batches = _exact_batches, True
+    try:
+        yield
+    finally:
+        _exact_batches = before
 
 
 def _launch(runner: Callable, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
