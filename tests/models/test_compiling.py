@@ -113,7 +113,8 @@ def test_a_batch_runs_whole_where_its_package_is_made(tmp_path, monkeypatch):
         assert compiling.batch_parts(6, lambda: run.has_package(torch.zeros(6, 2))) == [4, 2]
     finally:
         compiling.set_package_dir(None)
-    assert compiling.batch_parts(11) == [8, 2, 1] and compiling.batch_parts(8) == [8] and compiling.batch_parts(1) == [1]
+    assert compiling.batch_parts(11) == [8, 2, 1] and compiling.batch_parts(8) == [8]
+    assert compiling.batch_parts(1) == [1] and compiling.batch_parts(0) == [0]
     with compiling.exact_batches():
         assert compiling.batch_parts(11) == [11]
     assert compiling.batch_parts(11) == [8, 2, 1]

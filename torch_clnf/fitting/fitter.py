@@ -177,9 +177,8 @@ class ModelFitter(nn.Module):
         return state
 
     def _may_fit_in_parts(self, batch: int, members: int) -> bool:
-        """Whether a fit of ``batch`` faces runs compiled packages of one number of faces (one
-        model; not captured, nor traced), which :func:`~torch_clnf.models.compiling.batch_parts`
-        may cut into power-of-two parts."""
+        """Whether a compiled fit of ``batch`` faces (not a power of two; one model, neither captured
+        nor being traced) may run in the power-of-two parts of :func:`~torch_clnf.models.compiling.batch_parts`."""
         return (self.config.compile and not self.config.capture and members == 1 and batch & (batch - 1) != 0
                 and not static_graph() and not compiling_failed() and not torch.compiler.is_compiling())
 
