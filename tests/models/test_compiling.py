@@ -115,6 +115,7 @@ def test_a_batch_runs_whole_where_its_package_is_made(tmp_path, monkeypatch):
         compiling.set_package_dir(None)
     assert compiling.batch_parts(11) == [8, 2, 1] and compiling.batch_parts(8) == [8]
     assert compiling.batch_parts(1) == [1] and compiling.batch_parts(0) == [0]
+    assert compiling.consecutive_slices([4, 2, 1]) == [slice(0, 4), slice(4, 6), slice(6, 7)]
     with compiling.exact_batches():
         assert compiling.batch_parts(11) == [11]
     assert compiling.batch_parts(11) == [8, 2, 1]

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.compiling import batch_parts, compiled_function
+from ..models.compiling import batch_parts, compiled_function, consecutive_slices
 from ..models.constants import widest_float
 from ..openface.validator import DetectionValidatorData, read_validator
 
@@ -217,11 +217,8 @@ class DetectionValidator(nn.Module):
         if len(blocks) == 1:
             features, box_ok = warp(self, flat, info[image_index], landmarks, view)
         else:
-            warped, start = [], 0
-            for size in blocks:
-                faces = slice(start, start + size)
-                warped.append(warp(self, flat, info[image_index[faces]], landmarks[faces], view[faces]))
-                start += size
+            warped = [warp(self, flat, info[image_index[faces]], landmarks[faces], view[faces])
+                      for faces in consecutive_slices(blocks)]
             features, box_ok = (torch.cat(parts) for parts in zip(*warped))
         certainty = torch.zeros(count, dtype=dtype, device=device)
         for v in torch.unique(view).tolist():

@@ -9,7 +9,7 @@ from torch import nn
 
 from ..models import CCNFExperts, CENExperts, PointDistributionModel
 from ..models.ccnf import CCNFTables, ccnf_maps_per_face
-from ..models.compiling import batch_parts, compiled_function, compiling_failed
+from ..models.compiling import batch_parts, compiled_function, compiling_failed, consecutive_slices
 from ..models.linalg import inverse
 from ..models.stacking import StackedExperts, StackedPDM, per_face_model
 from ..models.sync import static_graph, syncs_cheaply
@@ -154,7 +154,7 @@ class ModelFitter(nn.Module):
         """
         cfg = self.config
         members = self.pdm.members if isinstance(self.pdm, StackedPDM) else 1
-        if self._may_fit_in_parts(params_global.shape[0], members):
+        if self._may_fit_in_parts(members):
             sizes = batch_parts(params_global.shape[0], lambda: self._main_package_made(
                 padded, image_index, params_global, params_local, window_sizes, active))
             if len(sizes) > 1:
@@ -176,11 +176,11 @@ class ModelFitter(nn.Module):
         state.success = state.success & finite
         return state
 
-    def _may_fit_in_parts(self, batch: int, members: int) -> bool:
-        """Whether a compiled fit of ``batch`` faces (not a power of two; one model, neither captured
-        nor being traced) may run in the power-of-two parts of :func:`~torch_clnf.models.compiling.batch_parts`."""
-        return (self.config.compile and not self.config.capture and members == 1 and batch & (batch - 1) != 0
-                and not static_graph() and not compiling_failed() and not torch.compiler.is_compiling())
+    def _may_fit_in_parts(self, members: int) -> bool:
+        """Whether a compiled fit (of ``members`` == 1 model, neither captured nor being traced) may
+        run in the power-of-two parts of :func:`~torch_clnf.models.compiling.batch_parts`."""
+        return (self.config.compile and not self.config.capture and members == 1 and not static_graph()
+                and not compiling_failed() and not torch.compiler.is_compiling())
 
     def _main_package_made(self, padded: torch.Tensor, image_index: torch.Tensor, params_global: torch.Tensor,
                            params_local: torch.Tensor, window_sizes: tuple[int, ...],
@@ -194,10 +194,8 @@ class ModelFitter(nn.Module):
                       active: torch.Tensor | None, parts: bool) -> FitState:
         """:meth:`fit` of the faces in consecutive blocks of these sizes, each block with the images
         its faces are on (a range of ``padded`` where they are consecutive, as in tracking: not copied)."""
-        states, start = [], 0
-        for size in sizes:
-            faces = slice(start, start + size)
-            start += size
+        states = []
+        for faces in consecutive_slices(sizes):
             images, index = torch.unique(image_index[faces], return_inverse=True)
             first, count = int(images[0]), len(images)
             block = padded.narrow(0, first, count) if int(images[-1]) - first + 1 == count else padded[images]

@@ -20,6 +20,7 @@ environment are removed once unused for :data:`UNUSED_DAYS` days (:func:`prune_p
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import os
 import re
@@ -139,6 +140,12 @@ def batch_parts(count: int, whole_ready: Callable[[], bool] = lambda: False) -> 
     if count & (count - 1) == 0 or _exact_batches or whole_ready():
         return [count]
     return [1 << bit for bit in reversed(range(count.bit_length())) if count >> bit & 1]
+
+
+def consecutive_slices(sizes: list[int]) -> list[slice]:
+    """Slices of consecutive blocks of these sizes, from index 0 ([4, 2, 1] → 0:4, 4:6, 6:7)."""
+    ends = list(itertools.accumulate(sizes))
+    return [slice(end - size, end) for size, end in zip(sizes, ends)]
 
 
 @contextmanager
