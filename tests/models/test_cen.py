@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from openface_files import mat, write_cen_file
-from torch_clnf.models import CENExperts, cen, sparse_positions
+from torch_clnf.models import CENExperts, cen, products, sparse_positions
 from torch_clnf.openface import read_cen
 
 pytestmark = pytest.mark.parity
@@ -104,6 +104,21 @@ def test_large_layers_and_float32(tmp_path, device):
     # cuDNN convolves float32 in TF32 by default (10-bit mantissa): a few 1e-4 off on CUDA.
     tolerance = 5e-4 if device.type == "cuda" and torch.backends.cudnn.allow_tf32 else 1e-4
     torch.testing.assert_close(fast.maps.cpu().double(), exact.maps, atol=tolerance, rtol=0)
+
+
+def test_one_face_float32_on_either_kernel_route(tmp_path, monkeypatch):
+    """One face's few window positions are multiplied as rows where MKL multiplies, as columns where
+    oneDNN does (this CPU's choice, :mod:`torch_clnf.models.products`): float32 arithmetic either way."""
+    written = write_cen_file(tmp_path / "cen_patches_0.50_of.dat", points=6, hidden=(500, 200, 100), scale=0.5)
+    areas = torch.from_numpy(np.random.default_rng(6).uniform(0, 255, (1, 6, 19, 19)))
+    view = torch.tensor([1])
+    exact = CENExperts(read_cen(written.path), torch.float64, sparse=True)(areas, view).maps
+    experts = CENExperts(read_cen(written.path), sparse=True)
+    chosen = experts(areas.float(), view).maps
+    monkeypatch.setattr(products, "onednn_float32_products", lambda: False)
+    on_mkl = experts(areas.float(), view).maps
+    for maps in (chosen, on_mkl):
+        torch.testing.assert_close(maps.double(), exact, atol=1e-5, rtol=0)
 
 
 def test_batch_equals_one_at_a_time_and_subsets(written):

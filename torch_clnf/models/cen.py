@@ -7,12 +7,13 @@ import torch
 from torch import nn
 
 from ..openface import CENPatchExperts
+from .products import float32_products, routed_to_onednn
 from .windows import (PatchResponse, WindowStatistics, check_inputs, correlation, normalise, per_view,
                       response_window, window_statistics, zero_mean)
 
 SIGMOID, RELU = 0, 2
 
-# up to this many window positions (all faces') per landmark, layers multiply them as rows
+# up to this many window positions (all faces') per landmark, layers multiply them as rows (where MKL multiplies)
 FEW_COLUMNS = 96
 
 
@@ -180,15 +181,16 @@ class CENExperts(nn.Module):
             return self._block_per_face(stats, layers, sparse)
         # landmark-major: every evaluated window of every face a column, scaled by its inverse norm,
         # so each layer is one batched matmul over the landmarks (2-2.5x grouped convolutions at
-        # 8-64 faces, and the normalisation is folded into the first one). Few columns (one face)
-        # are laid out as rows instead: MKL is then up to 1.6x faster.
+        # 8-64 faces, and the normalisation is folded into the first one). Where MKL multiplies, few
+        # columns (one face) are laid out as rows instead: it is then up to 1.6x faster (oneDNN, see
+        # .products, is faster on columns: 1.2-2.4x rows at 13-41 columns).
         count, points, height, width = faces.shape
         h, w = self.support
         win = height - h + 1
         device = faces.device
         evaluated = self._evaluated(win, sparse, device)                                          # (P,)
         columns = count * len(evaluated)
-        as_rows = columns <= FEW_COLUMNS
+        as_rows = columns <= FEW_COLUMNS and not routed_to_onednn(device, layers[0][0].dtype)
         taps = (torch.arange(h, device=device)[:, None] * width + torch.arange(w, device=device)).reshape(-1)
         at = (evaluated // win) * width + evaluated % win                                         # window corners
         index = taps[:, None, None] + torch.arange(count, device=device)[:, None] * (height * width) + at
@@ -282,7 +284,8 @@ class CENExperts(nn.Module):
             maps = (maps * take(self.visible)[..., None].to(maps.dtype)).unflatten(-1, (win, win))
             return torch.where(flip[..., None, None], maps.flip(-1), maps)
 
-        maps = per_view(view, areas, (areas.shape[0], len(index), win, win), compute, compute_per_face)
+        with float32_products(areas.device, self.products_dtype()):      # MKL's or oneDNN's, the faster
+            maps = per_view(view, areas, (areas.shape[0], len(index), win, win), compute, compute_per_face)
         return PatchResponse(maps, self.visible[view][:, index])
 
 
