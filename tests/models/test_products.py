@@ -63,6 +63,23 @@ def test_the_probe_sees_bfloat16_rounding(monkeypatch):
     assert not products._probe_keeps_float32()
 
 
+def test_the_probe_tries_onednn_whatever_the_users_setting(monkeypatch):
+    """A user's "tf32" would keep a granted product on MKL: the probe sets the permission itself."""
+    exact_bmm, settings = torch.bmm, []
+
+    def recording_bmm(a, b):
+        settings.append(torch.backends.mkldnn.matmul.fp32_precision)
+        return exact_bmm(a, b)
+
+    monkeypatch.setattr(torch, "bmm", recording_bmm)
+    torch.backends.mkldnn.matmul.fp32_precision = "tf32"
+    try:
+        products._probe_keeps_float32()          # True or False by the CPU (an AMX one would round)
+        assert settings[-1] == "bf16" and torch.backends.mkldnn.matmul.fp32_precision == "tf32"
+    finally:
+        torch.backends.mkldnn.matmul.fp32_precision = "none"
+
+
 def test_only_cpu_float32_is_routed(granted):
     assert products.routed_to_onednn(CPU, torch.float32)
     assert not products.routed_to_onednn(CPU, torch.float64)

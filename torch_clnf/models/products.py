@@ -66,13 +66,19 @@ def onednn_float32_products() -> bool:
 
 def _probe_keeps_float32() -> bool:
     """Whether a batched product under the bfloat16 permission keeps float32 precision: products of
-    numbers in [0, 1) rounded to bfloat16 are some 1e-4 off, float32 ones some 1e-7."""
+    numbers in [0, 1) rounded to bfloat16 are some 1e-4 off, float32 ones some 1e-7. The permission
+    is set whatever the user's setting, so that oneDNN's kernel is the one probed."""
     generator = torch.Generator().manual_seed(0)
     a = torch.rand(4, 25, 121, generator=generator)
     b = torch.rand(4, 121, 100, generator=generator)
     exact = torch.bmm(a.double(), b.double())
-    with _OnOneDNN():
-        product = torch.bmm(a, b)
+    with _lock:
+        found = torch.backends.mkldnn.matmul.fp32_precision
+        torch.backends.mkldnn.matmul.fp32_precision = "bf16"
+        try:
+            product = torch.bmm(a, b)
+        finally:
+            torch.backends.mkldnn.matmul.fp32_precision = found
     return bool((product.double() - exact).abs().max() <= 1e-5 * exact.abs().max())
 
 
